@@ -1,0 +1,36 @@
+# gnnsim: `make demo` (set up, generate, train, roll out, render) and `make test` (set up, run the tests).
+PYTHON ?= python3
+VENV ?= .venv
+# A GPU user brings their own torch: `make setup TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"`
+# or installs it into $(VENV) first and runs `make setup TORCH_SPEC=`.
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: setup test test-all demo eta-demo bench clean-demo
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(if $(strip $(TORCH_SPEC)),$(BIN)/pip install -q $(TORCH_SPEC))
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-all: setup
+	$(BIN)/python -m pytest -q -m "not gpu"
+
+demo: setup
+	$(BIN)/gnnsim-data data=cylinder_demo
+	$(BIN)/gnnsim-train experiment=demo
+	$(BIN)/gnnsim-rollout experiment=demo
+	$(BIN)/gnnsim-render experiment=demo
+	@echo "demo done: datasets/cylinder_demo, runs/demo, rollouts/demo (test_metrics.json, test_traj0.gif, test_rmse.png)"
+
+clean-demo:
+	rm -rf datasets/cylinder_demo runs/demo rollouts/demo

@@ -1,0 +1,56 @@
+"""What every hydra entry point shares: the config directory, path resolvers, typed configs, clean errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+
+import gnnsim
+from gnnsim.data.format import FormatError
+
+PROJECT_ROOT = Path(gnnsim.__file__).resolve().parents[1]
+# Absolute, so installed entry points find it from any working directory (hydra would treat a relative
+# config_path as a package); the package is installed editable from the repository (see README).
+CONF_DIR = str(PROJECT_ROOT / "conf")
+
+if not OmegaConf.has_resolver("gnnsim_root"):
+    OmegaConf.register_new_resolver("gnnsim_root", lambda: str(PROJECT_ROOT))
+
+T = TypeVar("T")
+
+
+def typed(cls: type[T], node: DictConfig | dict | None, where: str, **extra: Any) -> T:
+    """Build dataclass ``cls`` from a config node; unknown keys give a one-line error naming ``where``."""
+    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+    values.update(extra)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(known)}")
+    return cls(**values)
+
+
+def plain(cfg: DictConfig) -> dict[str, Any]:
+    """Return the resolved config as plain JSON-able containers."""
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def friendly_errors(fn: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+    """Turn expected user errors (bad config, missing or malformed files) into one line on stderr, exit 2."""
+
+    @functools.wraps(fn)
+    def wrapper(cfg: DictConfig):
+        try:
+            return fn(cfg)
+        except (ValueError, FileNotFoundError, FormatError, KeyError) as e:
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+            print(f"error: {msg}", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapper
