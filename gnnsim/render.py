@@ -89,6 +89,49 @@ def animate_mesh_field(
     return images
 
 
+def animate_cloth(rollout: Split, trajectory: int, frames: int = 100) -> list[np.ndarray]:
+    """Render truth | prediction of a cloth rollout as 3D surfaces (prediction coloured by |error|).
+
+    Args:
+        rollout: a cloth rollout file with ``cells``, ``world_pos`` and ``pred_world_pos``.
+        trajectory: which trajectory.
+        frames: number of frames (evenly subsampled).
+    """
+    from mpl_toolkits.mplot3d.art3d import Poly3DCollection
+
+    cells = rollout.read(trajectory, "cells")  # [C, 3]
+    truth = rollout.read(trajectory, "world_pos")  # [T, N, 3]
+    pred = rollout.read(trajectory, PRED_PREFIX + "world_pos")  # [T, N, 3]
+    err = np.linalg.norm(pred - truth, axis=-1)[:, cells].mean(-1)  # [T, C]
+    emax = max(float(np.percentile(err, 99.5)), 1e-6)
+    lo, hi = truth.reshape(-1, 3).min(0), truth.reshape(-1, 3).max(0)
+    centre, half = (lo + hi) / 2, (hi - lo).max() / 2 * 1.05
+    fig = plt.figure(figsize=(10, 5), dpi=80)
+    panels = []
+    for k, (data, title) in enumerate(((truth, "truth"), (pred, "prediction (colour: |error|)"))):
+        ax = fig.add_subplot(1, 2, k + 1, projection="3d")
+        ax.set_xlim(centre[0] - half, centre[0] + half)
+        ax.set_ylim(centre[1] - half, centre[1] + half)
+        ax.set_zlim(centre[2] - half, centre[2] + half)
+        ax.set_box_aspect((1, 1, 1))
+        ax.view_init(elev=20, azim=-60)
+        ax.set_title(title, fontsize=9)
+        ax.set_axis_off()
+        poly = Poly3DCollection(data[0][cells], linewidths=0.1, edgecolors="k")
+        ax.add_collection3d(poly)
+        panels.append((poly, data))
+    cmap = plt.get_cmap("magma")
+    images = []
+    for t in frame_indices(truth.shape[0], frames):
+        for k, (poly, data) in enumerate(panels):
+            poly.set_verts(data[t][cells])
+            poly.set_facecolor((0.55, 0.7, 0.9, 1.0) if k == 0 else cmap(np.clip(err[t] / emax, 0, 1)))
+        fig.suptitle(f"step {t}", fontsize=9)
+        images.append(figure_to_array(fig))
+    plt.close(fig)
+    return images
+
+
 def plot_error_curve(metrics_path: str | os.PathLike, out_path: str | os.PathLike) -> Path:
     """Plot the model's and the baseline's RMSE against rollout step from a metrics JSON; write a PNG."""
     metrics = json.loads(Path(metrics_path).read_text())

@@ -68,7 +68,8 @@ def rollout_split(
             pred = sim.rollout({k: v.to(device) for k, v in traj.items()}, steps)
             base = sim.baseline(traj, steps)
             t = pred[sim.metric_field].shape[0]
-            truth = {f: traj[f][:t].numpy() for f in sim.state_fields}
+            first = sim.window - 2  # the rollout's index 0 is the last given frame
+            truth = {f: traj[f][first : first + t].numpy() for f in sim.state_fields}
             pred_np = {f: pred[f].float().cpu().numpy() for f in sim.state_fields}
             finite = finite and all(np.isfinite(p).all() for p in pred_np.values())
             errors.add(np.nan_to_num(pred_np[sim.metric_field], nan=1e6), truth[sim.metric_field])

@@ -33,7 +33,8 @@ def typed(cls: type[T], node: DictConfig | dict | None, where: str, **extra: Any
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(known)}")
-    return cls(**values)
+    tuples = {f.name for f in dataclasses.fields(cls) if str(f.type).startswith("tuple")}
+    return cls(**{k: tuple(v) if k in tuples and isinstance(v, list) else v for k, v in values.items()})
 
 
 def plain(cfg: DictConfig) -> dict[str, Any]:

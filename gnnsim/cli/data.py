@@ -27,7 +27,16 @@ def convert_tfrecord(data: DictConfig, out_dir: Path) -> dict[str, Path]:
     return convert_dataset(data.source, out_dir, splits=tuple(data.splits), limit=data.limit)
 
 
+def generate_cloth(data: DictConfig, out_dir: Path) -> dict[str, Path]:
+    """Simulate flags with the project's mass-spring cloth solver."""
+    from gnnsim.solvers import cloth
+
+    cfg = typed(cloth.ClothConfig, data.solver, "data.solver")
+    return cloth.generate(out_dir, cfg, splits=plain(data.splits), seed=data.seed, workers=data.workers)
+
+
 GENERATORS = {
+    "cloth": generate_cloth,
     "cylinder_flow": generate_cylinder_flow,
     "tfrecord": convert_tfrecord,
 }

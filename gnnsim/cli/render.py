@@ -17,6 +17,8 @@ def animation_frames(rollout: Split, trajectory: int, frames: int) -> list:
     domain = rollout.config.get("domain")
     if domain == "flow":
         return render.animate_mesh_field(rollout, trajectory, "velocity", frames)
+    if domain == "cloth":
+        return render.animate_cloth(rollout, trajectory, frames)
     raise ValueError(f"{rollout.path}: no animation for domain {domain!r}")
 
 
