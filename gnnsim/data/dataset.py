@@ -17,12 +17,13 @@ Batch = dict[str, Tensor]
 
 
 def graph_edges(split: Split, i: int) -> Tensor:
-    """Return the two-way edges [2, E] of trajectory ``i``: from ``cells`` (meshes) or ``edge_index`` (graphs)."""
+    """Return the directed edges [2, E] of trajectory ``i``: two-way edges of ``cells`` (meshes), or the stored
+    ``senders``/``receivers`` (graphs such as road networks)."""
     if "cells" in split.schema:
         return cells_to_edges(torch.from_numpy(split.read(i, "cells")))
-    if "edge_index" in split.schema:
-        return torch.from_numpy(split.read(i, "edge_index")).long()
-    raise FormatError(f"{split.path}: neither 'cells' nor 'edge_index' is stored; the graph has no edges")
+    if "senders" in split.schema and "receivers" in split.schema:
+        return torch.from_numpy(np.stack([split.read(i, "senders"), split.read(i, "receivers")])).long()
+    raise FormatError(f"{split.path}: neither 'cells' nor 'senders'/'receivers' is stored; the graph has no edges")
 
 
 class FrameDataset(Dataset):
@@ -41,7 +42,7 @@ class FrameDataset(Dataset):
         self.split = split if isinstance(split, Split) else Split(split)
         self.window = window
         schema = self.split.schema
-        self.fields = [f for f in (fields or schema) if f != "cells"]
+        self.fields = [f for f in (fields or schema) if f not in ("cells", "senders", "receivers")]
         missing = [f for f in self.fields if f not in schema]
         if missing:
             raise FormatError(f"{self.split.path}: missing field(s) {missing}; the simulator needs them")
@@ -79,10 +80,15 @@ class FrameDataset(Dataset):
         dims = self.split.schema[field].dims
         return dims.index("nodes") if "nodes" in dims else None
 
+    def concat_dim(self, field: str) -> int | None:
+        """Return the axis along which samples of ``field`` are concatenated (nodes or edges), else None."""
+        dims = self.split.schema[field].dims
+        return next((dims.index(d) for d in ("nodes", "edges") if d in dims), None)
+
     def collate(self, samples: list[dict[str, Tensor]]) -> Batch:
         """Concatenate samples into one graph: node fields along their node axis, edges with offsets.
 
-        Fields without a node axis are stacked into ``[B, ...]``. Adds ``batch`` [N] (graph id of each node)
+        Edge fields are concatenated along their edge axis; other fields are stacked into ``[B, ...]``. Adds ``batch`` [N] (graph id of each node)
         and ``num_graphs``.
         """
         node_field = next((f for f in self.fields if self.node_dim(f) is not None), None)
@@ -96,7 +102,7 @@ class FrameDataset(Dataset):
             "num_graphs": torch.tensor(len(samples)),
         }
         for f in self.fields:
-            axis = self.node_dim(f)
+            axis = self.concat_dim(f)
             parts = [s[f] for s in samples]
             batch[f] = torch.cat(parts, dim=axis) if axis is not None else torch.stack(parts)
         return batch
@@ -104,6 +110,6 @@ class FrameDataset(Dataset):
 
 def trajectory_tensors(split: Split, i: int, fields: Sequence[str]) -> Batch:
     """Load trajectory ``i`` as one unbatched graph: every requested field plus ``edge_index``."""
-    out = {f: torch.from_numpy(split.read(i, f)) for f in fields if f != "cells"}
+    out = {f: torch.from_numpy(split.read(i, f)) for f in fields if f not in ("cells", "senders", "receivers")}
     out["edge_index"] = graph_edges(split, i)
     return out
