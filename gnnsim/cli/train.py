@@ -1,4 +1,10 @@
-"""gnnsim-train: train a simulator on a generated or converted data set (hydra app)."""
+"""gnnsim-train: train a simulator on a generated or converted data set (hydra app).
+
+One process: ``gnnsim-train experiment=NAME``. Several GPUs or nodes: start one process per GPU with
+``torchrun --nproc_per_node=8 -m gnnsim.cli.train experiment=NAME`` (or ``-m hydra/launcher=slurm`` for a
+SLURM job); the processes join one DistributedDataParallel run, and ``trainer.batch_size`` stays the global
+batch.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,11 @@ from pathlib import Path
 
 import hydra
 import torch
+import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from gnnsim import distributed
 from gnnsim.cli.common import CONF_DIR, friendly_errors, plain, typed
 from gnnsim.data.dataset import FrameDataset
 from gnnsim.nn.encode_process_decode import ModelConfig
@@ -28,8 +36,16 @@ def run(cfg: DictConfig) -> dict:
     dataset = FrameDataset(data_dir / "train.h5", sim.window, sim.fields)
     train_cfg = typed(TrainConfig, cfg.trainer, "trainer", **plain(cfg.optim))
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    result = train(sim, dataset, train_cfg, run_dir, extra={"config": plain(cfg), "data_dir": str(data_dir)})
-    print(f"checkpoint: {result['checkpoint']} (step {result['step']}, loss {result['loss']:.4g})")
+    layout = distributed.launched_layout()  # set by torchrun or a SLURM job of several tasks
+    if layout is not None:
+        distributed.init(layout)
+    try:
+        result = train(sim, dataset, train_cfg, run_dir, extra={"config": plain(cfg), "data_dir": str(data_dir)})
+    finally:
+        if layout is not None:
+            dist.destroy_process_group()
+    if layout is None or layout.rank == 0:
+        print(f"checkpoint: {result['checkpoint']} (step {result['step']}, loss {result['loss']:.4g})")
     return result
 
 

@@ -1,15 +1,30 @@
-"""The MeshGraphNets GraphNetBlock: edge update, sum aggregation, node update, residuals."""
+"""The MeshGraphNets GraphNetBlock: edge update, sum aggregation, node update, residuals.
+
+Two implementations of one function, chosen by ``fused``:
+
+- plain: concatenate ``[x_s; x_r; e]`` and ``[v; sum e']`` and apply the MLPs (the textbook form; the
+  reference).
+- fused: build no concatenation. The first Linear is split by input, ``W [x_s; x_r; e] = W_s x_s + W_r x_r +
+  W_e e``, so node latents are projected once per node and the projections gathered per edge. On CPU the MLPs
+  then run tile by tile over rows, forward and backward (``TiledMLP``), with the residual and the sum over
+  incoming edges taken on each tile: ReLUs in place, no concatenation or gather copies, gradients of the
+  gathers summed by ``index_add_`` (not ``index_put_``), only the tensors the backward pass reads written out.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gnnsim.nn.mlp import MLP
 
 Topology = dict[str, tuple[Tensor, Tensor]]  # edge set name -> (senders [E], receivers [E])
+
+TILE_ELEMENTS = 1 << 17  # rows x width of one tile: 512 KiB of float32, so a tile's intermediates stay in L2
 
 
 def sum_incoming(messages: Tensor, receivers: Tensor, num_nodes: int) -> Tensor:
@@ -18,7 +33,9 @@ def sum_incoming(messages: Tensor, receivers: Tensor, num_nodes: int) -> Tensor:
     return out.index_add_(0, receivers, messages)
 
 
-def edge_mlp_forward(mlp: MLP, nodes: Tensor, edges: Tensor, senders: Tensor, receivers: Tensor, fused: bool) -> Tensor:
+def edge_mlp_forward(
+    mlp: MLP, nodes: Tensor, edges: Tensor, senders: Tensor, receivers: Tensor, fused: bool
+) -> Tensor:
     """Apply an edge MLP to ``[x_sender; x_receiver; e]`` for every edge; return [E, F_out].
 
     With ``fused``, the first layer is split as ``W [x_s; x_r; e] = W_s x_s + W_r x_r + W_e e``: node latents
@@ -27,13 +44,224 @@ def edge_mlp_forward(mlp: MLP, nodes: Tensor, edges: Tensor, senders: Tensor, re
     """
     if not fused:
         return mlp(torch.cat([nodes[senders], nodes[receivers], edges], dim=-1))
-    first = mlp.first
-    f = nodes.shape[1]
-    w_s, w_r, w_e = first.weight[:, :f], first.weight[:, f : 2 * f], first.weight[:, 2 * f :]
-    proj = nodes @ torch.cat([w_s, w_r], dim=0).T  # [N, 2H]
-    p_s, p_r = proj.split(first.out_features, dim=1)  # [N, H] each
-    h = torch.addmm(first.bias, edges, w_e.T) + p_s[senders] + p_r[receivers]  # [E, H]
-    return mlp.forward_after_first(h)
+    table, index, w_edge = project_nodes(mlp, nodes, senders, receivers)
+    return fused_mlp(mlp, [edges], [w_edge], table, index)[0]
+
+
+def project_nodes(
+    mlp: MLP, nodes: Tensor, senders: Tensor, receivers: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Split an edge MLP's first layer ``[W_s | W_r | W_e]`` and project the node latents [N, F] once.
+
+    Returns:
+        ``table`` [2N, H] (row 2n is ``W_s x_n``, row 2n + 1 is ``W_r x_n``), ``index`` [E, 2] (the two rows
+        each edge sums: 2 s and 2 r + 1) and ``W_e`` [H, F_edge], the columns applied to edge latents.
+    """
+    f, w = nodes.shape[1], mlp.first.weight
+    table = (nodes @ torch.cat([w[:, :f], w[:, f : 2 * f]]).T).view(-1, w.shape[0])  # [2N, H]
+    return table, torch.stack([2 * senders, 2 * receivers + 1], dim=1), w[:, 2 * f :]
+
+
+def fused_mlp(
+    mlp: MLP,
+    inputs: Sequence[Tensor],
+    weights: Sequence[Tensor],
+    table: Tensor | None = None,
+    index: Tensor | None = None,
+    residual: bool = False,
+    receivers: Tensor | None = None,
+    num_nodes: int = 0,
+) -> tuple[Tensor, Tensor | None]:
+    """Apply ``mlp`` with its first Linear split by input, concatenating nothing; optionally add and sum it.
+
+    The first pre-activation is ``sum_k inputs[k] @ weights[k].T + bias + sum_j table[index[:, j]]``; the
+    later layers are ``mlp``'s own. Runs tile by tile on CPU (``TiledMLP``); elsewhere as whole-tensor
+    autograd ops (GPU kernels are fast and launches are not), and so under ``torch.compile``, which fuses
+    them.
+
+    Args:
+        mlp: the MLP whose first Linear's bias and later layers are applied.
+        inputs: dense inputs [R, F_k].
+        weights: the first Linear's columns for each input, [H, F_k].
+        table: optional rows [T, H] to gather, e.g. node latents already multiplied by their columns.
+        index: [R, J] rows of ``table`` added to each row's pre-activation.
+        residual: return ``inputs[0] + MLP(...)`` (the latent update) instead of ``MLP(...)``.
+        receivers: [R] target rows to also sum ``MLP(...)`` into, as ``sum_incoming`` does.
+        num_nodes: rows of that sum.
+
+    Returns:
+        ``(out [R, F_out], incoming [num_nodes, F_out] or None)``, as ``mlp`` on the concatenated inputs.
+    """
+    first, *rest = mlp.linears
+    norm = mlp.norm
+    cpu_float = inputs[0].device.type == "cpu" and not torch.is_autocast_enabled("cpu")
+    if cpu_float and not torch.compiler.is_compiling():
+        eps = None if norm is None else norm.eps
+        layout = _Layout(len(inputs), len(rest), eps, residual, receivers is not None)
+        tensors = [*inputs, *weights, first.bias, *(p for layer in rest for p in (layer.weight, layer.bias))]
+        tensors += [] if norm is None else [norm.weight, norm.bias]
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (table, *tensors) if t is not None):
+            out = TiledMLP.apply(layout, num_nodes, table, index, receivers, *tensors)
+            return out if layout.scatter else (out, None)
+        return _tiled_forward(layout, num_nodes, table, index, receivers, tensors, save=False)[0]
+    h = first.bias
+    for x, w in zip(inputs, weights):
+        h = torch.addmm(h, x, w.T)  # [R, H]
+    for rows in () if table is None else index.unbind(1):
+        h = h + table.index_select(0, rows)
+    for layer in rest:
+        h = torch.addmm(layer.bias, h.relu_(), layer.weight.T)
+    y = h if norm is None else F.layer_norm(h, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+    incoming = None if receivers is None else sum_incoming(y, receivers, num_nodes)
+    return inputs[0] + y if residual else y, incoming
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What ``TiledMLP`` computes and how its flat tensor arguments are laid out.
+
+    The tensors are: ``num_inputs`` inputs, their first-layer weights, the first bias, the (weight, bias) of
+    each of the ``num_layers`` later Linears, then the LayerNorm's weight and bias unless ``eps`` is None.
+    ``residual`` adds the first input to the output; ``scatter`` also sums the MLP's output by receivers.
+    """
+
+    num_inputs: int
+    num_layers: int
+    eps: float | None
+    residual: bool
+    scatter: bool
+
+    @property
+    def num_tensors(self) -> int:
+        """Return the number of flat tensor arguments."""
+        return 2 * self.num_inputs + 1 + 2 * self.num_layers + (0 if self.eps is None else 2)
+
+    def unpack(self, tensors: Sequence[Tensor]):
+        """Return (inputs, first weights, first bias, later Linears' (weight, bias), LayerNorm's or None)."""
+        n, m = self.num_inputs, self.num_layers
+        xs, ws, b0 = tensors[:n], tensors[n : 2 * n], tensors[2 * n]
+        layers = [(tensors[2 * n + 1 + 2 * k], tensors[2 * n + 2 + 2 * k]) for k in range(m)]
+        norm = None if self.eps is None else (tensors[2 * n + 1 + 2 * m], tensors[2 * n + 2 + 2 * m])
+        return xs, ws, b0, layers, norm
+
+
+def _tile_rows(first_bias: Tensor, layers: Sequence[tuple[Tensor, Tensor]]) -> int:
+    """Return the rows per tile for these layers: about TILE_ELEMENTS values of the widest one per thread."""
+    width = max([first_bias.shape[0], *(bias.shape[0] for _, bias in layers)])
+    return max(1, TILE_ELEMENTS * torch.get_num_threads() // width)
+
+
+def _tiled_forward(layout, num_nodes, table, index, receivers, tensors, save):
+    """Run ``TiledMLP``'s computation; return ((out, incoming or None), saved tensors or None).
+
+    With ``save``, every post-ReLU activation, the LayerNorm input and its mean and rstd are written to
+    full-size buffers (what autograd would keep); without it, each tile's intermediates are dropped.
+    """
+    xs, ws, b0, layers, norm = layout.unpack(tensors)
+    rows, last = xs[0].shape[0], len(layers)
+    widths = [b0.shape[0], *(b.shape[0] for _, b in layers)]
+    acts = [xs[0].new_empty(rows, w) for w in widths[:-1]] if save else None  # post-ReLU, [R, H_k]
+    out = xs[0].new_empty(rows, widths[-1])
+    incoming = out.new_zeros(num_nodes, widths[-1]) if layout.scatter else None
+    pre_norm = mean = rstd = None
+    if save and norm is not None:
+        pre_norm, mean, rstd = out.new_empty(out.shape), out.new_empty(rows, 1), out.new_empty(rows, 1)
+    tile = _tile_rows(b0, layers)
+    for start in range(0, rows, tile):
+        sl = slice(start, min(start + tile, rows))
+        for k in range(last + 1):
+            saved = (acts[k] if k < last else pre_norm) if save else None
+            dst = None if saved is None else saved[sl]
+            if k == 0:
+                h = torch.addmm(b0, xs[0][sl], ws[0].T, out=dst)
+                for x, w in zip(xs[1:], ws[1:]):
+                    h.addmm_(x[sl], w.T)
+                if table is not None:
+                    h += F.embedding_bag(index[sl], table, mode="sum")
+            else:
+                h = torch.addmm(layers[k - 1][1], h, layers[k - 1][0].T, out=dst)
+            if k < last:
+                h.relu_()
+        y = h
+        if norm is not None:
+            y, m, r = torch.native_layer_norm(h, (widths[-1],), norm[0], norm[1], layout.eps)
+            if save:
+                mean[sl], rstd[sl] = m, r
+        if layout.residual:
+            torch.add(xs[0][sl], y, out=out[sl])
+        else:
+            out[sl] = y
+        if incoming is not None:
+            incoming.index_add_(0, receivers[sl], y)
+    return (out, incoming), (acts, pre_norm, mean, rstd) if save else None
+
+
+class TiledMLP(torch.autograd.Function):
+    """``fused_mlp`` on CPU: an MLP with a split first layer, run and differentiated tile by tile over rows.
+
+    Arguments are ``(layout, num_nodes, table, index, receivers, *tensors)`` as ``_Layout`` describes; returns
+    ``out``, or ``(out, incoming)`` with ``layout.scatter``. The backward pass walks the same tiles through
+    the layers in reverse, accumulating weight gradients with ``addmm_`` and the table's with ``index_add_``.
+    """
+
+    @staticmethod
+    def forward(ctx, layout, num_nodes, table, index, receivers, *tensors):
+        (out, incoming), (acts, pre_norm, mean, rstd) = _tiled_forward(
+            layout, num_nodes, table, index, receivers, tensors, save=True
+        )
+        ctx.layout, ctx.table_shape = layout, None if table is None else table.shape
+        optional = [t for t in (index, receivers, pre_norm, mean, rstd) if t is not None]
+        ctx.save_for_backward(*tensors, *acts, *optional)
+        return (out, incoming) if layout.scatter else out
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_incoming=None):
+        layout, needs = ctx.layout, ctx.needs_input_grad
+        saved = list(ctx.saved_tensors)
+        tensors, saved = saved[: layout.num_tensors], saved[layout.num_tensors :]
+        acts, saved = saved[: layout.num_layers], saved[layout.num_layers :]
+        index = saved.pop(0) if ctx.table_shape is not None else None
+        receivers = saved.pop(0) if layout.scatter else None
+        pre_norm, mean, rstd = saved if layout.eps is not None else (None, None, None)
+        xs, ws, b0, layers, norm = layout.unpack(tensors)
+
+        grad_out = grad_out.contiguous()
+        g_table = grad_out.new_zeros(ctx.table_shape) if ctx.table_shape is not None and needs[2] else None
+        needs_x = needs[5 : 5 + layout.num_inputs]
+        g_xs = [x.new_empty(x.shape) if need else None for x, need in zip(xs, needs_x)]
+        g_ws, g_b0 = [torch.zeros_like(w) for w in ws], torch.zeros_like(b0)
+        g_layers = [(torch.zeros_like(w), torch.zeros_like(b)) for w, b in layers]
+        g_norm = () if norm is None else (torch.zeros_like(norm[0]), torch.zeros_like(norm[1]))
+        rows = grad_out.shape[0]
+        tile = _tile_rows(b0, layers)
+        for start in range(0, rows, tile):
+            sl = slice(start, min(start + tile, rows))
+            g = grad_out[sl]  # d loss / d MLP output, then walked back through the layers
+            if receivers is not None:
+                g = g + grad_incoming.index_select(0, receivers[sl])
+            if norm is not None:
+                g, gw, gb = torch.ops.aten.native_layer_norm_backward(
+                    g, pre_norm[sl], (g.shape[1],), mean[sl], rstd[sl], norm[0], norm[1], [True, True, True]
+                )
+                g_norm[0].add_(gw)
+                g_norm[1].add_(gb)
+            for k in range(layout.num_layers, 0, -1):  # Linear k reads the post-ReLU activation acts[k - 1]
+                (weight, _), (g_weight, g_bias), a = layers[k - 1], g_layers[k - 1], acts[k - 1][sl]
+                g_bias.add_(g.sum(0))
+                g_weight.addmm_(g.T, a)
+                g = torch.ops.aten.threshold_backward(g @ weight, a, 0)  # ReLU's backward
+            g_b0.add_(g.sum(0))
+            for i, (x, w, g_x, g_w) in enumerate(zip(xs, ws, g_xs, g_ws)):
+                g_w.addmm_(g.T, x[sl])
+                if g_x is not None and i == 0 and layout.residual:
+                    torch.addmm(grad_out[sl], g, w, out=g_x[sl])
+                elif g_x is not None:
+                    torch.mm(g, w, out=g_x[sl])
+            if g_table is not None:
+                for table_rows in index[sl].unbind(1):
+                    g_table.index_add_(0, table_rows, g)
+        grads = [*g_xs, *g_ws, g_b0, *(g for pair in g_layers for g in pair), *g_norm]
+        return (None, None, g_table, None, None, *grads)
 
 
 class GraphNetBlock(nn.Module):
@@ -46,7 +274,7 @@ class GraphNetBlock(nn.Module):
         latent_size: width of node and edge latents.
         edge_sets: names of the edge sets (e.g. ``("mesh",)`` or ``("mesh", "world")``).
         hidden_layers: hidden layers per MLP.
-        fused: project node latents before the edge gather (same function, less work).
+        fused: split the first layers instead of concatenating (same function, less work; see the module doc).
     """
 
     def __init__(self, latent_size: int, edge_sets: Sequence[str], hidden_layers: int = 2, fused: bool = True):
@@ -62,7 +290,16 @@ class GraphNetBlock(nn.Module):
         new_edges, inputs = {}, [nodes]
         for name, mlp in self.edge_mlps.items():
             senders, receivers = topology[name]
-            new_edges[name] = edge_mlp_forward(mlp, nodes, edges[name], senders, receivers, self.fused)
-            inputs.append(sum_incoming(new_edges[name], receivers, nodes.shape[0]))
-        nodes = nodes + self.node_mlp(torch.cat(inputs, dim=-1))
-        return nodes, {name: edges[name] + e for name, e in new_edges.items()}
+            if self.fused:  # the residual and the sum over incoming edges are taken tile by tile, in cache
+                table, index, w_edge = project_nodes(mlp, nodes, senders, receivers)
+                new_edges[name], incoming = fused_mlp(
+                    mlp, [edges[name]], [w_edge], table, index, True, receivers, nodes.shape[0]
+                )
+            else:
+                e = edge_mlp_forward(mlp, nodes, edges[name], senders, receivers, fused=False)
+                new_edges[name], incoming = edges[name] + e, sum_incoming(e, receivers, nodes.shape[0])
+            inputs.append(incoming)
+        if self.fused:
+            weights = self.node_mlp.first.weight.split([x.shape[1] for x in inputs], dim=1)
+            return fused_mlp(self.node_mlp, inputs, weights, residual=True)[0], new_edges
+        return nodes + self.node_mlp(torch.cat(inputs, dim=-1)), new_edges

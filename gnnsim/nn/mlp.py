@@ -36,6 +36,17 @@ class MLP(nn.Module):
         """The first Linear layer (split by callers that fuse it with a gather)."""
         return self.layers[0]
 
+    @property
+    def linears(self) -> list[nn.Linear]:
+        """The Linear layers in order; a ReLU follows every one but the last."""
+        return [layer for layer in self.layers if isinstance(layer, nn.Linear)]
+
+    @property
+    def norm(self) -> nn.LayerNorm | None:
+        """The final LayerNorm, or None."""
+        last = self.layers[-1]
+        return last if isinstance(last, nn.LayerNorm) else None
+
     def forward(self, x: Tensor) -> Tensor:
         """Map [..., in_size] to [..., out_size]."""
         return self.layers(x)

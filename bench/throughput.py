@@ -1,0 +1,200 @@
+"""Training and inference step time of the plain and the optimised processor on a cylinder-flow-sized graph.
+
+The graph is a jittered triangulated channel [0, 1.6] x [0, 0.41] of 76 x 25 nodes (1,900 nodes, 10,998 directed
+edges, as DeepMind's cylinder_flow meshes), node types as in cylinder_flow, random velocities and pressures. The
+model is MeshGraphNets' (latent 128, 15 blocks, 2 hidden layers) inside ``FlowSimulator`` (noise 0.02), both
+variants with the same weights:
+
+- plain: ``fused=False``, the textbook block: ``cat([x_s, x_r, e])`` + Linear, ``cat([v, sum e'])`` + Linear,
+  ``index_add_`` for the sum over incoming edges;
+- optimised: ``fused=True``: no concatenation, node latents projected once per node and gathered per edge, the
+  MLPs run tile by tile on CPU with a hand-written backward (``gnnsim.nn.blocks.TiledMLP``);
+- compiled (``--compile``): the optimised model under ``torch.compile`` (minutes to compile on 2 cores).
+
+A training step is ``sim.loss`` (normalisers, noise, features, model, masked MSE) + backward + Adam step; an
+inference step is one ``sim.step`` (what a rollout does per frame) under ``torch.no_grad``. Variants are timed
+alternately, ``--reps`` times each after warm-up steps; ``step_s`` is the median wall-clock time and ``cpu_s``
+the median process CPU time (all threads), the fairer figure on a shared machine. MLP FLOPs are counted
+analytically (2 per multiply-add of every Linear, for the rows it is applied to; a training step counts 3x the
+forward pass: input and weight gradients); the peak is the best float32 GFLOP/s of a 2048 x 2048 matmul, measured
+before and after the steps in the same run. Torch uses as many threads as the process has cores (``--threads``).
+
+    python bench/throughput.py --json bench/throughput.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from gnnsim.graph import NodeType, cells_to_edges
+from gnnsim.nn.encode_process_decode import EncodeProcessDecode, ModelConfig
+from gnnsim.nn.mlp import MLP
+from gnnsim.simulators.flow import FlowSimulator
+
+MODES = ("train", "infer")
+
+
+def channel_batch(nx: int = 76, ny: int = 25, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Return a one-graph flow batch on a jittered triangulated channel mesh of ``nx * ny`` nodes."""
+    rng = np.random.default_rng(seed)
+    xs, ys = np.meshgrid(np.linspace(0, 1.6, nx), np.linspace(0, 0.41, ny), indexing="ij")
+    xs, ys = xs.ravel(), ys.ravel()
+    interior = (xs > 0) & (xs < 1.6) & (ys > 0) & (ys < 0.41)
+    pos = np.stack([xs, ys], -1)
+    pos[interior] += rng.uniform(-0.3, 0.3, (interior.sum(), 2)) * np.array([1.6 / nx, 0.41 / ny])
+    idx = np.arange(nx * ny).reshape(nx, ny)
+    a, b, c, d = idx[:-1, :-1].ravel(), idx[1:, :-1].ravel(), idx[1:, 1:].ravel(), idx[:-1, 1:].ravel()
+    cells = np.concatenate([np.stack([a, b, c], -1), np.stack([a, c, d], -1)])
+    node_type = np.full(nx * ny, int(NodeType.NORMAL))
+    node_type[xs == 0] = NodeType.INFLOW
+    node_type[xs == 1.6] = NodeType.OUTFLOW
+    node_type[(ys == 0) | (ys == 0.41)] = NodeType.WALL_BOUNDARY
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "mesh_pos": torch.from_numpy(pos).float(),
+        "node_type": torch.from_numpy(node_type).int(),
+        "velocity": torch.randn(2, nx * ny, 2, generator=g),
+        "pressure": torch.randn(2, nx * ny, 1, generator=g),
+        "edge_index": cells_to_edges(torch.from_numpy(cells)),
+    }
+
+
+def linear_flops(mlp: MLP, rows: int, first_in: int | None = None) -> int:
+    """Return the FLOPs of ``mlp``'s Linears on ``rows`` rows (the first one reading ``first_in`` features)."""
+    sizes = [(layer.in_features, layer.out_features) for layer in mlp.linears]
+    if first_in is not None:
+        sizes[0] = (first_in, sizes[0][1])
+    return 2 * rows * sum(i * o for i, o in sizes)
+
+
+def forward_flops(model: EncodeProcessDecode, num_nodes: int, num_edges: int, fused: bool) -> int:
+    """Return the MLP FLOPs of one forward pass of ``model`` on a graph with one edge set."""
+    flops = linear_flops(model.node_encoder, num_nodes) + linear_flops(model.decoder, num_nodes)
+    flops += sum(linear_flops(enc, num_edges) for enc in model.edge_encoders.values())
+    for block in model.processor.blocks:
+        for mlp in block.edge_mlps.values():
+            if fused:  # nodes projected once by [W_s; W_r], then only W_e runs per edge
+                latent = mlp.first.in_features // 3
+                flops += 2 * num_nodes * latent * 2 * mlp.first.out_features
+                flops += linear_flops(mlp, num_edges, first_in=latent)
+            else:
+                flops += linear_flops(mlp, num_edges)
+        flops += linear_flops(block.node_mlp, num_nodes)
+    return flops
+
+
+def peak_gflops(size: int = 2048, reps: int = 5) -> float:
+    """Return the best float32 GFLOP/s of a ``size`` x ``size`` matmul."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size**3 / best / 1e9
+
+
+def make_step(sim: FlowSimulator, batch: dict[str, torch.Tensor], mode: str):
+    """Return a function that runs one training or inference step of ``sim`` on ``batch``."""
+    if mode == "train":
+        sim.train()
+        opt = torch.optim.Adam(sim.parameters(), lr=1e-5)
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            sim.loss(batch).backward()
+            opt.step()
+
+        return step
+    sim.eval()
+    velocity = batch["velocity"][0]
+
+    def step() -> None:
+        with torch.no_grad():
+            sim.step(batch["mesh_pos"], batch["node_type"], batch["edge_index"], velocity)
+
+    return step
+
+
+def time_steps(steps: dict[str, callable], reps: int, warmup: int) -> dict[str, tuple[list[float], list[float]]]:
+    """Run each step ``warmup`` times, then ``reps`` times alternately; return (wall, CPU) seconds per variant."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times = {name: ([], []) for name in steps}
+    for _ in range(reps):
+        for name, step in steps.items():
+            w0, c0 = time.perf_counter(), time.process_time()
+            step()
+            times[name][0].append(time.perf_counter() - w0)
+            times[name][1].append(time.process_time() - c0)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=10, help="timed steps per variant and mode")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant and mode first")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads")
+    parser.add_argument("--compile", action="store_true", help="also time the optimised model under torch.compile")
+    parser.add_argument("--json", help="write the rows here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    batch = channel_batch()
+    num_nodes, num_edges = batch["node_type"].shape[0], batch["edge_index"].shape[1]
+    load_before = os.getloadavg()[0]
+    peak = peak_gflops()
+
+    torch.manual_seed(0)
+    sims = {"plain": FlowSimulator(ModelConfig(fused=False)), "optimised": FlowSimulator(ModelConfig(fused=True))}
+    sims["optimised"].load_state_dict(sims["plain"].state_dict())
+    fused = {"plain": False, "optimised": True}
+    if args.compile:
+        sims["compiled"] = FlowSimulator(ModelConfig(fused=True))
+        sims["compiled"].load_state_dict(sims["plain"].state_dict())
+        sims["compiled"].model.compile(dynamic=True)
+        fused["compiled"] = True
+
+    rows = []
+    for mode in MODES:
+        steps = {name: make_step(sim, batch, mode) for name, sim in sims.items()}
+        for name, (wall, cpu) in time_steps(steps, args.reps, args.warmup).items():
+            passes = 3 if mode == "train" else 1  # forward; + input and weight gradients
+            flops = forward_flops(sims[name].model, num_nodes, num_edges, fused[name]) * passes
+            step_s, cpu_s = statistics.median(wall), statistics.median(cpu)
+            rows.append({
+                "variant": name, "mode": mode, "step_s": step_s, "nodes_per_s": num_nodes / step_s,
+                "gflops": flops / step_s / 1e9, "cpu_s": cpu_s, "min_s": min(wall), "gflop": flops / 1e9,
+            })
+    peak = max(peak, peak_gflops())
+
+    print(f"graph: {num_nodes} nodes, {num_edges} directed edges; latent 128, 15 blocks; "
+          f"torch {torch.__version__}, {args.threads} threads; "
+          f"load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}")
+    print(f"peak (2048^2 float32 matmul): {peak:.0f} GFLOP/s; {args.reps} interleaved reps, medians\n")
+    print("| variant | mode | step ms | min ms | CPU ms | nodes/s | MLP GFLOP | GFLOP/s | % peak "
+          "| x plain (wall) | x plain (CPU) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    plain = {r["mode"]: r for r in rows if r["variant"] == "plain"}
+    for r in rows:
+        base = plain[r["mode"]]
+        print(f"| {r['variant']} | {r['mode']} | {r['step_s'] * 1e3:.0f} | {r['min_s'] * 1e3:.0f} "
+              f"| {r['cpu_s'] * 1e3:.0f} "
+              f"| {r['nodes_per_s']:,.0f} | {r['gflop']:.2f} | {r['gflops']:.1f} | {100 * r['gflops'] / peak:.0f} "
+              f"| {r['step_s'] / base['step_s']:.2f} | {r['cpu_s'] / base['cpu_s']:.2f} |")
+    if args.json:
+        keys = ("variant", "mode", "step_s", "nodes_per_s", "gflops", "cpu_s")
+        with open(args.json, "w") as f:
+            json.dump([{k: r[k] for k in keys} for r in rows], f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
