@@ -7,6 +7,8 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 2
+# Threads yield instead of spinning: robust when other jobs share the cores.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: setup test test-all demo eta-demo bench clean-demo
 
@@ -31,6 +33,12 @@ demo: setup
 	$(BIN)/gnnsim-rollout experiment=demo
 	$(BIN)/gnnsim-render experiment=demo
 	@echo "demo done: datasets/cylinder_demo, runs/demo, rollouts/demo (test_metrics.json, test_traj0.gif, test_rmse.png)"
+
+eta-demo: setup
+	$(BIN)/gnnsim-data data=traffic_demo
+	$(BIN)/gnnsim-train experiment=traffic_demo
+	$(BIN)/gnnsim-eta experiment=traffic_demo
+	@echo "eta-demo done: datasets/traffic_demo, runs/traffic_demo, rollouts/eta (report.json, report.md, report.png)"
 
 clean-demo:
 	rm -rf datasets/cylinder_demo runs/demo rollouts/demo
