@@ -14,7 +14,7 @@ from gnnsim.simulators import build_simulator
 from gnnsim.training import TrainConfig
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
-COMMANDS = ("data", "train", "rollout", "render")
+COMMANDS = ("data", "train", "rollout", "render", "eta")
 BIN = Path(sys.executable).parent
 
 

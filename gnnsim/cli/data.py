@@ -35,9 +35,33 @@ def generate_cloth(data: DictConfig, out_dir: Path) -> dict[str, Path]:
     return cloth.generate(out_dir, cfg, splits=plain(data.splits), seed=data.seed, workers=data.workers)
 
 
+def generate_sumo(data: DictConfig, out_dir: Path) -> dict[str, Path]:
+    """Simulate days of traffic on a generated road network with SUMO (speeds + ETA labels)."""
+    from gnnsim.traffic import sumo
+
+    cfg = typed(sumo.TrafficScenarioConfig, data.scenario, "data.scenario")
+    sumo.generate(out_dir, cfg, seed=data.seed, workers=data.workers)
+    splits = ("train", "valid", "test")
+    return {split: out_dir / f"{split}.h5" for split in splits if (out_dir / f"{split}.h5").exists()}
+
+
+def convert_metr_la(data: DictConfig, out_dir: Path) -> dict[str, Path]:
+    """Convert a METR-LA / PEMS-BAY speed file and its sensor graph (DCRNN's 70/10/20 split)."""
+    from gnnsim.data.convert import metr_la
+
+    if data.source is None:
+        raise ValueError("data.source: expected the speed file (metr-la.h5 or pems-bay.h5)")
+    if (data.distances is None) == (data.adj_pkl is None):
+        raise ValueError("data.distances / data.adj_pkl: give exactly one (distances CSV or DCRNN's adj_mx.pkl)")
+    metr_la.convert(data.source, out_dir, distances=data.distances, adj_pkl=data.adj_pkl, key=data.key)
+    return {split: out_dir / f"{split}.h5" for split in ("train", "valid", "test")}
+
+
 GENERATORS = {
     "cloth": generate_cloth,
     "cylinder_flow": generate_cylinder_flow,
+    "metr_la": convert_metr_la,
+    "sumo": generate_sumo,
     "tfrecord": convert_tfrecord,
 }
 
