@@ -8,13 +8,14 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+import gnnsim.cli.plan  # noqa: F401  (registers the plan config group)
 from gnnsim.cli.common import CONF_DIR, typed
 from gnnsim.nn.encode_process_decode import ModelConfig
 from gnnsim.simulators import build_simulator
 from gnnsim.training import TrainConfig
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
-COMMANDS = ("data", "train", "rollout", "render", "eta")
+COMMANDS = ("data", "train", "rollout", "render", "eta", "plan")
 BIN = Path(sys.executable).parent
 
 
