@@ -63,7 +63,9 @@ class ReversibleBlock(nn.Module):
         V2'   = V2   + psi2(V1', sum_in E2_1', ..., sum_in E2_K')
 
     phi and psi are MeshGraphNets MLPs (with LayerNorm) at half width; their hidden width defaults to the one
-    that gives the block the parameters (and FLOPs) of a ``GraphNetBlock`` of the same latent size.
+    that gives the block the parameters of a ``GraphNetBlock`` of the same latent size (L = 128: 148,740 vs
+    148,736), and so its FLOPs without ``fused``. With ``fused`` the half-width phi's do less node projection
+    and more per-edge work: ~9 % more FLOPs than the fused ``GraphNetBlock`` on a triangle mesh.
 
     Args:
         latent_size: width L of node and edge latents (even).
@@ -250,9 +252,10 @@ class ReversibleProcessor(nn.Module):
     reverse, re-running each on its inputs (which the output determines) with a graph, subtracting to recover
     the previous state, and differentiating that coupling alone (RevNet, Gomez et al. 2017,
     https://arxiv.org/abs/1707.04585). Activation memory is one coupling's, whatever the depth; the backward
-    pass also holds the parameter gradients until it returns them. The residual stream is kept in float32
-    (float64 stays float64); under autocast the couplings run in the autocast dtype, in forward and again,
-    with the same autocast state, in backward.
+    pass also holds the parameter gradients until it returns them. Rebuilt inputs are exact up to rounding
+    (float32: ~1e-5 after 15 blocks of unit-scale latents). The residual stream is kept in float32 (float64
+    stays float64); under autocast the couplings run in the autocast dtype, in forward and again, with the
+    same autocast state, in backward (tested with CPU bfloat16 only).
 
     Args:
         blocks: coupled blocks, applied in order (same latent size and edge sets).
