@@ -86,6 +86,24 @@ def test_prediction_is_translation_invariant():
     torch.testing.assert_close(b - shift, a, rtol=1e-9, atol=1e-9)
 
 
+def test_wind_input_reads_the_current_frames_wind_in_rollouts():
+    torch.manual_seed(0)
+    sim = ClothSimulator(CFG, world_edge_radius=0.12, wind_input=True).double()
+    traj = folded_sheet()
+    traj["wind"] = torch.randn(traj["world_pos"].shape, dtype=torch.float64)  # [T, N, 3]
+    sim.loss({**traj, "world_pos": traj["world_pos"][:3], "wind": traj["wind"][:3]})  # fit the normalisers
+    sim.eval()
+    assert sim.fields == ("mesh_pos", "node_type", "world_pos", "wind")
+    out = sim.rollout(traj, num_steps=2)["world_pos"]
+    x0, x1 = traj["world_pos"][0], traj["world_pos"][1]
+    args = (traj["mesh_pos"], traj["node_type"], traj["edge_index"], x1, x0)
+    free = traj["node_type"] == NodeType.NORMAL
+    torch.testing.assert_close(out[1][free], sim.step(*args, traj["wind"][1])[free], rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(out[1][free], sim.step(*args, traj["wind"][0])[free])
+    with pytest.raises(ValueError, match="wind_input is true but the data has no 'wind' field"):
+        sim.step(*args)
+
+
 def test_loss_target_is_noise_corrected_acceleration():
     torch.manual_seed(0)
     sim = ClothSimulator(CFG, noise_std=0.0, world_edge_radius=0.12).double()

@@ -12,6 +12,7 @@ from gnnsim.solvers.cloth import (
     CLOTH_SCHEMA,
     GENERATOR,
     ClothConfig,
+    Wind,
     flag_mesh,
     flag_model,
     generate,
@@ -133,6 +134,26 @@ def test_first_frame_is_the_flat_sheet_and_arrays_follow_the_schema():
     np.testing.assert_array_equal(traj["world_pos"][0], flat)
 
 
+def test_warmup_stores_the_tail_of_the_same_longer_run():
+    long = simulate_trajectory(3, ClothConfig(**SMALL, num_steps=30))
+    warm = simulate_trajectory(3, ClothConfig(**SMALL, num_steps=20, warmup=10 * ClothConfig.dt))
+    np.testing.assert_array_equal(warm["world_pos"], long["world_pos"][10:])
+    assert not np.allclose(warm["world_pos"][0], long["world_pos"][0])
+
+
+def test_stored_wind_is_the_field_at_each_frames_positions_and_time():
+    cfg = ClothConfig(**SMALL, num_steps=12, warmup=5 * ClothConfig.dt, turbulence=(0.2, 0.2))
+    rng = np.random.default_rng(4)
+    mesh_pos, cells = flag_mesh(1.0, 0.6, 150, cfg.jitter, rng)
+    wind = Wind.sample(cfg, rng)
+    traj = simulate_flag(mesh_pos, cells, wind, cfg)
+    assert traj["wind"].shape == traj["world_pos"].shape
+    for f in (0, 7, 11):
+        expected = wind(traj["world_pos"][f].astype(np.float64), (5 + f) * cfg.dt)  # [N, 3]
+        np.testing.assert_allclose(traj["wind"][f], expected, rtol=1e-5, atol=1e-5)
+    assert np.ptp(traj["wind"][0], axis=0).max() > 0.1  # turbulence: the wind differs across the sheet
+
+
 def test_same_seed_gives_identical_arrays_and_another_seed_differs():
     cfg = ClothConfig(**SMALL, num_steps=60)
     a, b, c = simulate_trajectory(7, cfg), simulate_trajectory(7, cfg), simulate_trajectory(8, cfg)
@@ -164,6 +185,7 @@ def test_generated_splits_read_back_with_their_config(tmp_path):
         ("num_nodes", (100.5, 200), "ints"),
         ("gust", (0.0, 1.0), "hi < 1"),
         ("jitter", 0.5, "[0, 0.4]"),
+        ("warmup", -1.0, "a number >= 0"),
         ("substeps", 1, "an integer >= 3"),
     ],
 )

@@ -3,7 +3,8 @@
 The flag is a Delaunay triangulation of jittered grid points on the rectangle ``[0, width] x [0, height]`` of
 rest coordinates ``mesh_pos = (u, v)``. It starts flat and at rest in the vertical plane ``y = 0``, node
 ``(u, v)`` at world ``(u, 0, v)``; the nodes on ``u = 0`` are pinned to the pole (HANDLE) and gravity points
-along ``-z``, so the first frames show the sheet falling before the wind lifts it.
+along ``-z``, so the first frames show the sheet falling before the wind lifts it (``ClothConfig.warmup``
+skips that release transient).
 
 Elasticity: a stretch spring per mesh edge plus a quadratic hinge bending energy (``FlagModel``). Each substep
 is one implicit-Euler step solved by projective dynamics (Liu et al. 2013, "Fast Simulation of Mass-Spring
@@ -38,6 +39,7 @@ CLOTH_SCHEMA: Schema = {
     "world_pos": dynamic("float32", "nodes", 3),
     "cells": static("int32", "cells", 3),
     "node_type": static("int32", "nodes"),
+    "wind": dynamic("float32", "nodes", 3),
 }
 
 GENERATOR = "gnnsim.solvers.cloth"
@@ -50,7 +52,10 @@ class ClothConfig:
     """Everything that defines a flag data set; ``(lo, hi)`` pairs are sampled uniformly per trajectory.
 
     Units are SI (m, s, kg). Attributes:
-        num_steps: stored frames per trajectory, the initial (flat, at rest) frame included.
+        num_steps: stored frames per trajectory.
+        warmup: seconds simulated from the flat, at-rest start before frame 0 is stored (0 stores the start
+            itself); a warm-up skips the release transient so trajectories open mid-flight, with the wind's
+            effect already visible in the sheet's shape and velocity.
         dt: time between stored frames.
         substeps: implicit steps per stored frame.
         iterations: projective-dynamics local-global iterations per substep.
@@ -77,6 +82,7 @@ class ClothConfig:
     """
 
     num_steps: int = 400
+    warmup: float = 0.0
     dt: float = 0.02
     substeps: int = 4
     iterations: int = 8
@@ -105,7 +111,7 @@ class ClothConfig:
             self._check(name, _integer(getattr(self, name)) and getattr(self, name) >= 1, "an integer >= 1")
         for name in ("dt", "density", "stiffness"):
             self._check(name, _real(getattr(self, name)) and getattr(self, name) > 0, "a number > 0")
-        for name in ("ripple", "bending", "damping", "gravity", "drag", "friction", "wind_wander"):
+        for name in ("warmup", "ripple", "bending", "damping", "gravity", "drag", "friction", "wind_wander"):
             self._check(name, _real(getattr(self, name)) and getattr(self, name) >= 0, "a number >= 0")
         self._check("jitter", _real(self.jitter) and 0 <= self.jitter <= 0.4, "a number in [0, 0.4]")
         ok = _range(self.num_nodes) and all(map(_integer, self.num_nodes)) and self.num_nodes[0] >= 9
@@ -507,8 +513,9 @@ def simulate_flag(
 
     Returns:
         ``mesh_pos`` `[N, 2]` float32, ``world_pos`` `[T, N, 3]` float32 (``cfg.num_steps`` frames ``cfg.dt``
-        apart, frame 0 the initial state), ``cells`` `[C, 3]` int32, ``node_type`` `[N]` int32 (HANDLE on the
-        pole, NORMAL elsewhere), as ``CLOTH_SCHEMA`` describes.
+        apart, frame 0 the state after ``cfg.warmup`` seconds), ``cells`` `[C, 3]` int32, ``node_type`` `[N]` int32 (HANDLE on the
+        pole, NORMAL elsewhere), ``wind`` `[T, N, 3]` float32 (the wind velocity at each node at each frame's
+        time, the forcing of the next step), as ``CLOTH_SCHEMA`` describes.
 
     Raises:
         FloatingPointError: if the simulation produced NaN or inf.
@@ -522,12 +529,16 @@ def simulate_flag(
     offset = np.zeros(len(mesh_pos)) if ripple is None else np.where(pinned, 0.0, ripple)  # [N]
     x = np.stack([mesh_pos[:, 0], offset, mesh_pos[:, 1]], axis=1)  # [N, 3]
     v = np.zeros_like(x)  # [N, 3]
+    skip = round(cfg.warmup / cfg.dt)  # frames simulated but not stored
     world_pos = np.empty((cfg.num_steps, *x.shape), np.float32)  # [T, N, 3]
-    world_pos[0] = x
-    for frame in range(1, cfg.num_steps):
-        for sub in range(cfg.substeps):
-            x, v = solver.step(x, v, ((frame - 1) * cfg.substeps + sub) * cfg.h, wind)
-        world_pos[frame] = x
+    wind_at_nodes = np.empty_like(world_pos)  # [T, N, 3]
+    for frame in range(skip + cfg.num_steps):
+        if frame:
+            for sub in range(cfg.substeps):
+                x, v = solver.step(x, v, ((frame - 1) * cfg.substeps + sub) * cfg.h, wind)
+        if frame >= skip:
+            world_pos[frame - skip] = x
+            wind_at_nodes[frame - skip] = wind(x, frame * cfg.dt)
     if not np.isfinite(world_pos).all():
         raise FloatingPointError("flag simulation diverged: raise ClothConfig.substeps or lower the wind")
     return {
@@ -535,6 +546,7 @@ def simulate_flag(
         "world_pos": world_pos,
         "cells": cells.astype(np.int32),
         "node_type": np.where(pinned, NodeType.HANDLE, NodeType.NORMAL).astype(np.int32),
+        "wind": wind_at_nodes,
     }
 
 
