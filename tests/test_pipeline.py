@@ -24,7 +24,7 @@ def test_convert_train_rollout_render(tmp_path):
     assert "test:" in out
     common = ["data=deepmind", "data.name=dm", "name=dmrun"]
     run(tmp_path, "train", *common, "debug=overfit", "trainer.steps=20")
-    out = run(tmp_path, "rollout", *common)
+    out = run(tmp_path, "rollout", "run=dmrun")  # no data arguments: the run's own data set, from its checkpoint
     metrics = json.loads((tmp_path / "root" / "rollouts" / "dmrun" / "test_metrics.json").read_text())
     assert metrics["checkpoint_step"] == 20 and set(metrics["rmse"]) == {"1", "all"}
     assert len(Split(tmp_path / "root" / "rollouts" / "dmrun" / "test.h5")) == 1
