@@ -104,13 +104,14 @@ def test_tiled_mlp_gradcheck(small_tiles):
     table = torch.randn(6, 4, dtype=torch.float64)
     index, receivers = torch.randint(0, 6, (9, 2)), torch.randint(0, 5, (9,))
     weights = mlp.first.weight.detach().split([3, 2], dim=1)
-    inputs = [x1, x2, table, *weights, *(p.detach() for p in mlp.parameters() if p is not mlp.first.weight)]
+    later = [p.detach() for p in mlp.parameters()][2:]  # not the first Linear's: split; table has its bias
+    inputs = [x1, x2, table, *weights, *later]
     for t in inputs:
         t.requires_grad_(True)
-    layout = _Layout(num_inputs=2, num_layers=1, eps=mlp.norm.eps, residual=False, scatter=True)
+    layout = _Layout(num_inputs=2, num_layers=1, table=True, eps=mlp.norm.eps, residual=False, scatter=True)
 
-    def fn(x1, x2, table, w1, w2, b0, w_hidden, b_hidden, ln_w, ln_b):
-        params = (w1, w2, b0, w_hidden, b_hidden, ln_w, ln_b)
+    def fn(x1, x2, table, w1, w2, w_hidden, b_hidden, ln_w, ln_b):
+        params = (w1, w2, w_hidden, b_hidden, ln_w, ln_b)
         return TiledMLP.apply(layout, 5, table, index, receivers, x1, x2, *params)
 
     assert torch.autograd.gradcheck(fn, inputs)

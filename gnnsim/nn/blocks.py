@@ -5,10 +5,11 @@ Two implementations of one function, chosen by ``fused``:
 - plain: concatenate ``[x_s; x_r; e]`` and ``[v; sum e']`` and apply the MLPs (the textbook form; the
   reference).
 - fused: build no concatenation. The first Linear is split by input, ``W [x_s; x_r; e] = W_s x_s + W_r x_r +
-  W_e e``, so node latents are projected once per node and the projections gathered per edge. On CPU the MLPs
-  then run tile by tile over rows, forward and backward (``TiledMLP``), with the residual and the sum over
-  incoming edges taken on each tile: ReLUs in place, no concatenation or gather copies, gradients of the
-  gathers summed by ``index_add_`` (not ``index_put_``), only the tensors the backward pass reads written out.
+  W_e e``, so node latents are projected once per node (the receiver's projection carrying the bias) and the
+  projections gathered per edge. On CPU the MLPs then run tile by tile over rows, forward and backward
+  (``TiledMLP``), with the residual and the sum over incoming edges taken on each tile: ReLUs in place, no
+  concatenation or gather copies, inference tiles in reused buffers, gradients of the gathers summed by
+  ``index_add_`` (not ``index_put_``), only the tensors the backward pass reads written out.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from gnnsim.nn.mlp import MLP
 
 Topology = dict[str, tuple[Tensor, Tensor]]  # edge set name -> (senders [E], receivers [E])
 
-TILE_ELEMENTS = 1 << 17  # rows x width of one tile: 512 KiB of float32, so a tile's intermediates stay in L2
+TILE_ELEMENTS = 1 << 18  # rows x width of one tile: 1 MiB of float32 (fastest on the bench graph, 2 MiB L2)
 
 
 def sum_incoming(messages: Tensor, receivers: Tensor, num_nodes: int) -> Tensor:
@@ -54,11 +55,13 @@ def project_nodes(
     """Split an edge MLP's first layer ``[W_s | W_r | W_e]`` and project the node latents [N, F] once.
 
     Returns:
-        ``table`` [2N, H] (row 2n is ``W_s x_n``, row 2n + 1 is ``W_r x_n``), ``index`` [E, 2] (the two rows
-        each edge sums: 2 s and 2 r + 1) and ``W_e`` [H, F_edge], the columns applied to edge latents.
+        ``table`` [2N, H] (row 2n is ``W_s x_n``, row 2n + 1 is ``W_r x_n + b``: the first bias rides on the
+        receiver's row, so each edge gets it once), ``index`` [E, 2] (the two rows each edge sums: 2 s and
+        2 r + 1) and ``W_e`` [H, F_edge], the columns applied to edge latents.
     """
-    f, w = nodes.shape[1], mlp.first.weight
-    table = (nodes @ torch.cat([w[:, :f], w[:, f : 2 * f]]).T).view(-1, w.shape[0])  # [2N, H]
+    f, w, b = nodes.shape[1], mlp.first.weight, mlp.first.bias
+    bias = torch.cat([torch.zeros_like(b), b])  # [2H]: none on the sender half, b on the receiver half
+    table = torch.addmm(bias, nodes, torch.cat([w[:, :f], w[:, f : 2 * f]]).T).view(-1, w.shape[0])  # [2N, H]
     return table, torch.stack([2 * senders, 2 * receivers + 1], dim=1), w[:, 2 * f :]
 
 
@@ -74,16 +77,16 @@ def fused_mlp(
 ) -> tuple[Tensor, Tensor | None]:
     """Apply ``mlp`` with its first Linear split by input, concatenating nothing; optionally add and sum it.
 
-    The first pre-activation is ``sum_k inputs[k] @ weights[k].T + bias + sum_j table[index[:, j]]``; the
-    later layers are ``mlp``'s own. Runs tile by tile on CPU (``TiledMLP``); elsewhere as whole-tensor
-    autograd ops (GPU kernels are fast and launches are not), and so under ``torch.compile``, which fuses
-    them.
+    The first pre-activation is ``sum_k inputs[k] @ weights[k].T + sum_j table[index[:, j]]``, plus the
+    first Linear's bias when there is no table (``project_nodes`` puts it in the table's rows); the later
+    layers are ``mlp``'s own. Runs tile by tile on CPU (``TiledMLP``); elsewhere as whole-tensor autograd ops
+    (GPU kernels are fast and launches are not), and so under ``torch.compile``, which fuses them.
 
     Args:
-        mlp: the MLP whose first Linear's bias and later layers are applied.
+        mlp: the MLP whose later layers (and first bias, without ``table``) are applied.
         inputs: dense inputs [R, F_k].
         weights: the first Linear's columns for each input, [H, F_k].
-        table: optional rows [T, H] to gather, e.g. node latents already multiplied by their columns.
+        table: optional rows [T, H] to gather, e.g. ``project_nodes``' node projections (bias included).
         index: [R, J] rows of ``table`` added to each row's pre-activation.
         residual: return ``inputs[0] + MLP(...)`` (the latent update) instead of ``MLP(...)``.
         receivers: [R] target rows to also sum ``MLP(...)`` into, as ``sum_incoming`` does.
@@ -94,21 +97,21 @@ def fused_mlp(
     """
     first, *rest = mlp.linears
     norm = mlp.norm
+    bias = first.bias if table is None else None
     cpu_float = inputs[0].device.type == "cpu" and not torch.is_autocast_enabled("cpu")
     if cpu_float and not torch.compiler.is_compiling():
         eps = None if norm is None else norm.eps
-        layout = _Layout(len(inputs), len(rest), eps, residual, receivers is not None)
-        tensors = [*inputs, *weights, first.bias, *(p for layer in rest for p in (layer.weight, layer.bias))]
+        layout = _Layout(len(inputs), len(rest), table is not None, eps, residual, receivers is not None)
+        tensors = [*inputs, *weights, *([] if bias is None else [bias])]
+        tensors += [p for layer in rest for p in (layer.weight, layer.bias)]
         tensors += [] if norm is None else [norm.weight, norm.bias]
         if torch.is_grad_enabled() and any(t.requires_grad for t in (table, *tensors) if t is not None):
             out = TiledMLP.apply(layout, num_nodes, table, index, receivers, *tensors)
             return out if layout.scatter else (out, None)
         return _tiled_forward(layout, num_nodes, table, index, receivers, tensors, save=False)[0]
-    h = first.bias
+    h = bias if table is None else sum(table.index_select(0, rows) for rows in index.unbind(1))
     for x, w in zip(inputs, weights):
         h = torch.addmm(h, x, w.T)  # [R, H]
-    for rows in () if table is None else index.unbind(1):
-        h = h + table.index_select(0, rows)
     for layer in rest:
         h = torch.addmm(layer.bias, h.relu_(), layer.weight.T)
     y = h if norm is None else F.layer_norm(h, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
@@ -120,13 +123,15 @@ def fused_mlp(
 class _Layout:
     """What ``TiledMLP`` computes and how its flat tensor arguments are laid out.
 
-    The tensors are: ``num_inputs`` inputs, their first-layer weights, the first bias, the (weight, bias) of
-    each of the ``num_layers`` later Linears, then the LayerNorm's weight and bias unless ``eps`` is None.
-    ``residual`` adds the first input to the output; ``scatter`` also sums the MLP's output by receivers.
+    The tensors are: ``num_inputs`` inputs, their first-layer weights, the first bias unless ``table`` (the
+    gathered table rows carry it), the (weight, bias) of each of the ``num_layers`` later Linears, then the
+    LayerNorm's weight and bias unless ``eps`` is None. ``residual`` adds the first input to the output;
+    ``scatter`` also sums the MLP's output by receivers.
     """
 
     num_inputs: int
     num_layers: int
+    table: bool
     eps: float | None
     residual: bool
     scatter: bool
@@ -134,52 +139,63 @@ class _Layout:
     @property
     def num_tensors(self) -> int:
         """Return the number of flat tensor arguments."""
-        return 2 * self.num_inputs + 1 + 2 * self.num_layers + (0 if self.eps is None else 2)
+        return 2 * self.num_inputs + (not self.table) + 2 * self.num_layers + (0 if self.eps is None else 2)
 
     def unpack(self, tensors: Sequence[Tensor]):
-        """Return (inputs, first weights, first bias, later Linears' (weight, bias), LayerNorm's or None)."""
+        """Return (inputs, first weights, first bias or None, later (weight, bias)s, LayerNorm's or None)."""
         n, m = self.num_inputs, self.num_layers
-        xs, ws, b0 = tensors[:n], tensors[n : 2 * n], tensors[2 * n]
-        layers = [(tensors[2 * n + 1 + 2 * k], tensors[2 * n + 2 + 2 * k]) for k in range(m)]
-        norm = None if self.eps is None else (tensors[2 * n + 1 + 2 * m], tensors[2 * n + 2 + 2 * m])
+        xs, ws, b0 = tensors[:n], tensors[n : 2 * n], None if self.table else tensors[2 * n]
+        i = 2 * n + (not self.table)
+        layers = [(tensors[i + 2 * k], tensors[i + 2 * k + 1]) for k in range(m)]
+        norm = None if self.eps is None else (tensors[i + 2 * m], tensors[i + 2 * m + 1])
         return xs, ws, b0, layers, norm
 
 
-def _tile_rows(first_bias: Tensor, layers: Sequence[tuple[Tensor, Tensor]]) -> int:
-    """Return the rows per tile for these layers: about TILE_ELEMENTS values of the widest one per thread."""
-    width = max([first_bias.shape[0], *(bias.shape[0] for _, bias in layers)])
-    return max(1, TILE_ELEMENTS * torch.get_num_threads() // width)
+def _tile_rows(widths: Sequence[int]) -> int:
+    """Return the rows per tile for layers of these widths: ~TILE_ELEMENTS values of the widest per thread."""
+    return max(1, TILE_ELEMENTS * torch.get_num_threads() // max(widths))
 
 
 def _tiled_forward(layout, num_nodes, table, index, receivers, tensors, save):
     """Run ``TiledMLP``'s computation; return ((out, incoming or None), saved tensors or None).
 
     With ``save``, every post-ReLU activation, the LayerNorm input and its mean and rstd are written to
-    full-size buffers (what autograd would keep); without it, each tile's intermediates are dropped.
+    full-size buffers (what autograd would keep); without it, each layer writes one tile-sized buffer, reused
+    by every tile (it stays in cache).
     """
     xs, ws, b0, layers, norm = layout.unpack(tensors)
     rows, last = xs[0].shape[0], len(layers)
-    widths = [b0.shape[0], *(b.shape[0] for _, b in layers)]
-    acts = [xs[0].new_empty(rows, w) for w in widths[:-1]] if save else None  # post-ReLU, [R, H_k]
+    widths = [ws[0].shape[0], *(b.shape[0] for _, b in layers)]
+    tile = _tile_rows(widths)
+    w_ts = [w.T.contiguous() for w in ws]  # [F_k, H]: the GEMMs run faster on row-major right operands
+    layer_ts = [(w.T.contiguous(), b) for w, b in layers]
     out = xs[0].new_empty(rows, widths[-1])
     incoming = out.new_zeros(num_nodes, widths[-1]) if layout.scatter else None
-    pre_norm = mean = rstd = None
-    if save and norm is not None:
-        pre_norm, mean, rstd = out.new_empty(out.shape), out.new_empty(rows, 1), out.new_empty(rows, 1)
-    tile = _tile_rows(b0, layers)
+    acts = pre_norm = mean = rstd = None
+    if save:
+        acts = [out.new_empty(rows, w) for w in widths[:-1]]  # post-ReLU, [R, H_k]
+        if norm is not None:
+            pre_norm, mean, rstd = out.new_empty(out.shape), out.new_empty(rows, 1), out.new_empty(rows, 1)
+    else:  # one tile per layer (the first is unused with a table: embedding_bag allocates the tile)
+        scratch = [out.new_empty(min(tile, rows), w) for w in widths]
     for start in range(0, rows, tile):
         sl = slice(start, min(start + tile, rows))
         for k in range(last + 1):
-            saved = (acts[k] if k < last else pre_norm) if save else None
-            dst = None if saved is None else saved[sl]
-            if k == 0:
-                h = torch.addmm(b0, xs[0][sl], ws[0].T, out=dst)
-                for x, w in zip(xs[1:], ws[1:]):
-                    h.addmm_(x[sl], w.T)
-                if table is not None:
-                    h += F.embedding_bag(index[sl], table, mode="sum")
+            if save:
+                saved = acts[k] if k < last else pre_norm
+                dst = None if saved is None else saved[sl]
             else:
-                h = torch.addmm(layers[k - 1][1], h, layers[k - 1][0].T, out=dst)
+                dst = scratch[k][: sl.stop - start]
+            if k == 0:
+                if layout.table:  # the gathered rows hold the bias; add to them (in place unless saving)
+                    h = F.embedding_bag(index[sl], table, mode="sum")
+                    h = torch.addmm(h, xs[0][sl], w_ts[0], out=dst if save else h)
+                else:
+                    h = torch.addmm(b0, xs[0][sl], w_ts[0], out=dst)
+                for x, w_t in zip(xs[1:], w_ts[1:]):
+                    torch.addmm(h, x[sl], w_t, out=h)  # not addmm_, which FLOP counters skip
+            else:
+                h = torch.addmm(layer_ts[k - 1][1], h, layer_ts[k - 1][0], out=dst)
             if k < last:
                 h.relu_()
         y = h
@@ -229,16 +245,17 @@ class TiledMLP(torch.autograd.Function):
         g_table = grad_out.new_zeros(ctx.table_shape) if ctx.table_shape is not None and needs[2] else None
         needs_x = needs[5 : 5 + layout.num_inputs]
         g_xs = [x.new_empty(x.shape) if need else None for x, need in zip(xs, needs_x)]
-        g_ws, g_b0 = [torch.zeros_like(w) for w in ws], torch.zeros_like(b0)
+        g_ws = [torch.zeros_like(w) for w in ws]
+        g_b0 = [] if b0 is None else [torch.zeros_like(b0)]
         g_layers = [(torch.zeros_like(w), torch.zeros_like(b)) for w, b in layers]
         g_norm = () if norm is None else (torch.zeros_like(norm[0]), torch.zeros_like(norm[1]))
         rows = grad_out.shape[0]
-        tile = _tile_rows(b0, layers)
+        tile = _tile_rows([ws[0].shape[0], *(b.shape[0] for _, b in layers)])
         for start in range(0, rows, tile):
             sl = slice(start, min(start + tile, rows))
             g = grad_out[sl]  # d loss / d MLP output, then walked back through the layers
             if receivers is not None:
-                g = g + grad_incoming.index_select(0, receivers[sl])
+                g = grad_incoming.index_select(0, receivers[sl]).add_(g)
             if norm is not None:
                 g, gw, gb = torch.ops.aten.native_layer_norm_backward(
                     g, pre_norm[sl], (g.shape[1],), mean[sl], rstd[sl], norm[0], norm[1], [True, True, True]
@@ -249,8 +266,10 @@ class TiledMLP(torch.autograd.Function):
                 (weight, _), (g_weight, g_bias), a = layers[k - 1], g_layers[k - 1], acts[k - 1][sl]
                 g_bias.add_(g.sum(0))
                 g_weight.addmm_(g.T, a)
-                g = torch.ops.aten.threshold_backward(g @ weight, a, 0)  # ReLU's backward
-            g_b0.add_(g.sum(0))
+                g = g @ weight
+                torch.ops.aten.threshold_backward.grad_input(g, a, 0, grad_input=g)  # ReLU's backward
+            for g_bias in g_b0:
+                g_bias.add_(g.sum(0))
             for i, (x, w, g_x, g_w) in enumerate(zip(xs, ws, g_xs, g_ws)):
                 g_w.addmm_(g.T, x[sl])
                 if g_x is not None and i == 0 and layout.residual:
@@ -260,7 +279,7 @@ class TiledMLP(torch.autograd.Function):
             if g_table is not None:
                 for table_rows in index[sl].unbind(1):
                     g_table.index_add_(0, table_rows, g)
-        grads = [*g_xs, *g_ws, g_b0, *(g for pair in g_layers for g in pair), *g_norm]
+        grads = [*g_xs, *g_ws, *g_b0, *(g for pair in g_layers for g in pair), *g_norm]
         return (None, None, g_table, None, None, *grads)
 
 
