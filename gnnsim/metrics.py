@@ -21,17 +21,20 @@ class RolloutErrors:
         self.sse = np.zeros(0)  # [T] sum of squared errors per step
         self.count = np.zeros(0)  # [T] number of values per step
 
-    def add(self, pred: np.ndarray, truth: np.ndarray) -> None:
-        """Add one trajectory's prediction and truth, both [T, N, F]."""
+    def add(self, pred: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None) -> None:
+        """Add one trajectory's prediction and truth, both [T, N, F]; ``mask`` (bool, broadcastable to them,
+        e.g. [T, N, 1]) keeps only the observed entries."""
         if pred.shape != truth.shape:
             raise ValueError(f"prediction shape {pred.shape} != truth shape {truth.shape}")
-        sq = np.square(pred.astype(np.float64) - truth.astype(np.float64)).reshape(pred.shape[0], -1)
+        sq = np.square(pred.astype(np.float64) - truth.astype(np.float64))
+        keep = np.ones(sq.shape, bool) if mask is None else np.broadcast_to(mask.astype(bool), sq.shape)
+        sq = np.where(keep, sq, 0.0).reshape(pred.shape[0], -1)
         t = sq.shape[0]
         if t > len(self.sse):
             self.sse = np.pad(self.sse, (0, t - len(self.sse)))
             self.count = np.pad(self.count, (0, t - len(self.count)))
         self.sse[:t] += sq.sum(1)
-        self.count[:t] += sq.shape[1]
+        self.count[:t] += keep.reshape(t, -1).sum(1)
 
     def per_step(self) -> list[float]:
         """Return the RMSE of each step (step 0 included)."""

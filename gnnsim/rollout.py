@@ -35,6 +35,7 @@ def rollout_split(
     ``state_fields`` and ``pred_<field>`` for each, ``[T, nodes, F]``. A JSON file ``<stem>_metrics.json``
     beside it holds RMSE at horizons 1, 10, 50 and all steps (``rmse``), the same for the domain's baseline
     (``<baseline_name>_rmse``, e.g. ``persistence_rmse``), per-step curves, and whether every prediction stayed finite.
+    Errors count only the entries the simulator's ``metric_mask`` field marks observed, when it names one.
 
     Args:
         sim: a trained simulator.
@@ -72,8 +73,9 @@ def rollout_split(
             truth = {f: traj[f][first : first + t].numpy() for f in sim.state_fields}
             pred_np = {f: pred[f].float().cpu().numpy() for f in sim.state_fields}
             finite = finite and all(np.isfinite(p).all() for p in pred_np.values())
-            errors.add(np.nan_to_num(pred_np[sim.metric_field], nan=1e6), truth[sim.metric_field])
-            baseline.add(base[sim.metric_field].float().numpy(), truth[sim.metric_field])
+            mask = None if sim.metric_mask is None else traj[sim.metric_mask][first : first + t].numpy()
+            errors.add(np.nan_to_num(pred_np[sim.metric_field], nan=1e6), truth[sim.metric_field], mask)
+            baseline.add(base[sim.metric_field].float().numpy(), truth[sim.metric_field], mask)
             out = {k: split.read(i, k) for k in static}
             out.update(truth)
             out.update({PRED_PREFIX + f: np.nan_to_num(p, nan=np.inf).clip(-1e30, 1e30) for f, p in pred_np.items()})

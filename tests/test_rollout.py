@@ -30,6 +30,15 @@ def test_rmse_at_horizons_by_hand():
     assert errors.per_step()[3] == pytest.approx(3.0)
 
 
+def test_masked_rmse_counts_only_observed_entries():
+    errors = RolloutErrors()
+    truth = np.zeros((2, 3, 1))
+    pred = np.array([[0.0, 0.0, 0.0], [1.0, 2.0, 100.0]])[:, :, None]  # step 1: the 100 is unobserved
+    mask = np.array([[1, 1, 1], [1, 1, 0]], dtype=np.uint8)[:, :, None]
+    errors.add(pred, truth, mask)
+    assert errors.at_horizons((1,)) == {"1": pytest.approx(np.sqrt((1 + 4) / 2)), "all": pytest.approx(np.sqrt(2.5))}
+
+
 @pytest.fixture
 def trained_sim():
     torch.manual_seed(0)

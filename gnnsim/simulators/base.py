@@ -38,6 +38,7 @@ class Simulator(nn.Module):
     fields: ClassVar[tuple[str, ...]]
     state_fields: ClassVar[tuple[str, ...]]
     metric_field: ClassVar[str]
+    metric_mask: ClassVar[str | None] = None  # bool field [T, N, 1]: the entries rollout errors count (None: all)
     baseline_name: ClassVar[str] = "persistence"
 
     def __init__(self, model_cfg: ModelConfig):

@@ -92,6 +92,7 @@ class TrafficSimulator(Simulator):
         self.window = history + horizons
         self.state_fields = (target,)
         self.metric_field = target
+        self.metric_mask = MASKS[target]  # unobserved intervals (no vehicle) carry no truth
         self.profiled = tuple(dict.fromkeys((input_field, target)))  # profiled fields, without duplicates
         masks = tuple(MASKS[f] for f in self.profiled)
         clock = ("time_of_day", "day_of_week", "edge_weight")
