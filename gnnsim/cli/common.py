@@ -42,12 +42,17 @@ def plain(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def friendly_errors(fn: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
-    """Turn expected user errors (bad config, missing or malformed files) into one line on stderr, exit 2."""
+def command(fn: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+    """Wrap a command's body: apply ``cfg.threads`` (torch intra-op threads, 0 keeps torch's default) and turn
+    expected user errors (bad config, missing or malformed files) into one line on stderr, exit 2."""
 
     @functools.wraps(fn)
     def wrapper(cfg: DictConfig):
         try:
+            if cfg.threads:
+                import torch  # here, so commands that never touch torch start without it
+
+                torch.set_num_threads(cfg.threads)
             return fn(cfg)
         except (ValueError, FileNotFoundError, FormatError, KeyError) as e:
             msg = e.args[0] if isinstance(e, KeyError) and e.args else e

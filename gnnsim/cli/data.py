@@ -7,7 +7,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from gnnsim.cli.common import CONF_DIR, friendly_errors, plain, typed
+from gnnsim.cli.common import CONF_DIR, command, plain, typed
 
 
 def generate_cylinder_flow(data: DictConfig, out_dir: Path) -> dict[str, Path]:
@@ -66,7 +66,7 @@ GENERATORS = {
 }
 
 
-@friendly_errors
+@command
 def run(cfg: DictConfig) -> dict[str, Path]:
     """Run the generator that ``data.generator`` names into ``out_dir``; print the files written."""
     generator = cfg.data.generator

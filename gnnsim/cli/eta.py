@@ -9,22 +9,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
-import torch
 from omegaconf import DictConfig
 
-from gnnsim.cli.common import CONF_DIR, friendly_errors, plain
+from gnnsim.cli.common import CONF_DIR, command, plain
 from gnnsim.eta.report import metr_la_report, sumo_report, write_report
 
 MODES = ("sumo", "metr_la")
 
 
-@friendly_errors
+@command
 def run(cfg: DictConfig) -> dict:
     """Evaluate the methods that ``cfg.mode`` names, write the report files and print the table."""
     if cfg.mode not in MODES:
         raise ValueError(f"mode: expected one of {MODES}, got {cfg.mode!r}")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     checkpoint = None if cfg.checkpoint is None else Path(cfg.checkpoint)
     if cfg.mode == "sumo":
         windows = None if cfg.windows_h is None else [tuple(w) for w in plain(cfg)["windows_h"]]

@@ -7,11 +7,10 @@ import os
 from pathlib import Path
 
 import hydra
-import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from gnnsim.cli.common import CONF_DIR, friendly_errors
+from gnnsim.cli.common import CONF_DIR, command
 from gnnsim.planning.benchmark import PlanningConfig, run_benchmark
 
 # The benchmark's dataclasses are the schema: `plan=default` (the full table) or `plan=smoke` (seconds).
@@ -19,11 +18,9 @@ ConfigStore.instance().store(group="plan", name="default", node=PlanningConfig)
 ConfigStore.instance().store(group="plan", name="smoke", node=PlanningConfig.smoke())
 
 
-@friendly_errors
+@command
 def run(cfg: DictConfig) -> dict:
     """Run the benchmark and write ``report.json`` ({method: {bucket: success rate}}), a table and plots."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     out_dir = Path(cfg.out_dir)
     table = run_benchmark(OmegaConf.to_object(cfg.plan), out_dir)
     report = out_dir / "report.json"

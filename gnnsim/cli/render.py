@@ -7,7 +7,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from gnnsim.cli.common import CONF_DIR, friendly_errors
+from gnnsim.cli.common import CONF_DIR, command
 from gnnsim.data.format import Split
 from gnnsim import render
 
@@ -22,7 +22,7 @@ def animation_frames(rollout: Split, trajectory: int, frames: int) -> list:
     raise ValueError(f"{rollout.path}: no animation for domain {domain!r}")
 
 
-@friendly_errors
+@command
 def run(cfg: DictConfig) -> list[Path]:
     """Write the animation(s), the error plot and optionally XDMF next to the rollout file; print the paths."""
     path = Path(cfg.rollout)

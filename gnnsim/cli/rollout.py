@@ -6,21 +6,18 @@ import json
 from pathlib import Path
 
 import hydra
-import torch
 from omegaconf import DictConfig
 
 from gnnsim.checkpoint import load_checkpoint, simulator_from_checkpoint
-from gnnsim.cli.common import CONF_DIR, friendly_errors
+from gnnsim.cli.common import CONF_DIR, command
 from gnnsim.data.format import Split
 from gnnsim.rollout import rollout_split
 from gnnsim.training import resolve_device
 
 
-@friendly_errors
+@command
 def run(cfg: DictConfig) -> dict:
     """Load the run's checkpoint, roll out ``cfg.split``, and print where outputs and metrics went."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     ckpt_path = Path(cfg.checkpoint)
     payload = load_checkpoint(ckpt_path)
     sim = simulator_from_checkpoint(payload)

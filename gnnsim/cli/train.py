@@ -17,18 +17,16 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from gnnsim import distributed
-from gnnsim.cli.common import CONF_DIR, friendly_errors, plain, typed
+from gnnsim.cli.common import CONF_DIR, command, plain, typed
 from gnnsim.data.dataset import FrameDataset
 from gnnsim.nn.encode_process_decode import ModelConfig
 from gnnsim.simulators import build_simulator
 from gnnsim.training import TrainConfig, train
 
 
-@friendly_errors
+@command
 def run(cfg: DictConfig) -> dict:
     """Build the simulator and data set the config names, train, and print where the checkpoint went."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     model_cfg = typed(ModelConfig, cfg.model, "model")
     torch.manual_seed(cfg.trainer.seed)  # the initial weights depend on the seed only
     sim = build_simulator(cfg.simulator.domain, model_cfg, plain(cfg.simulator.params))
