@@ -3,8 +3,9 @@
 Reward is -1 per step and an episode of a relabelled goal ends on reaching it, so with no discount
 ``Q(s, a, g) = -(steps to reach g)``, clipped to ``[-horizon, 0]``; ``distance(s, g) = -Q(s, pi(s, g), g)``.
 Model-imagined transitions (closed-loop rollouts of the exploring policy through a `DynamicsModel`) are
-appended to every update batch, so the critic's TD targets (and the actor) also see imagined data. DDPG: Lillicrap et al. 2016, https://arxiv.org/abs/1509.02971; hindsight
-relabelling: Andrychowicz et al. 2017, https://arxiv.org/abs/1707.01495.
+appended to every update batch, so the critic's TD targets (and the actor) also see imagined data.
+DDPG: Lillicrap et al. 2016, https://arxiv.org/abs/1509.02971; hindsight relabelling: Andrychowicz et al.
+2017, https://arxiv.org/abs/1707.01495.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The planning benchmark: success rate against shortest-path distance for HER, MPC, L3P and an oracle.
 
-Per seed: train one goal-conditioned agent (hindsight relabelling + model-imagined critic data), then
+Per seed: fit the world model (the GNN `GraphDynamics` on random transitions, or take the exact simulator),
+train one goal-conditioned agent (hindsight relabelling + critic data imagined in the world model), then
 evaluate on start/goal pairs bucketed by exact shortest-path distance (steps):
 
 - ``her``: the agent pursues the goal directly.
@@ -13,8 +14,10 @@ The three agent-based methods share the trained agent, so differences come from 
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
 import time
-from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -30,8 +33,12 @@ from gnnsim.planning.maze import LAYOUTS, Maze
 from gnnsim.planning.mpc import CEMController, MPCConfig
 from gnnsim.planning.report import write_report
 from gnnsim.planning.search import LandmarkGraph, SubgoalPlanner, soft_floyd_warshall
+from gnnsim.planning.world_model import WorldModelConfig, fit_world_model, world_model_errors
+
+logger = logging.getLogger(__name__)
 
 METHODS = ("her", "mpc", "l3p", "oracle")
+DYNAMICS = ("learned", "exact")
 
 
 @dataclass
@@ -66,9 +73,12 @@ class PlanningConfig:
     landmarks: LandmarkConfig = field(default_factory=LandmarkConfig)
     mpc: MPCConfig = field(default_factory=MPCConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    dynamics: str = "learned"  # the world model: "learned" (GraphDynamics, fitted per seed) or "exact"
+    world_model: WorldModelConfig = field(default_factory=WorldModelConfig)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     temperature: float = 0.1  # soft Floyd-Warshall temperature (steps)
+    workers: int = 1  # seeds run in parallel processes, one torch thread each (results do not change)
 
     @staticmethod
     def smoke() -> PlanningConfig:
@@ -81,6 +91,7 @@ class PlanningConfig:
                                      candidates=200, kmeans_iters=2, cutoff=8.0),
             mpc=MPCConfig(horizon=4, samples=8, elites=2, iters=1),
             eval=EvalConfig(buckets=2, pairs_per_bucket=4, candidates=400, horizon=30),
+            world_model=WorldModelConfig(samples=500, latent_size=8, num_blocks=1, steps=30, batch_size=32),
             seeds=[0],
         )
 
@@ -207,23 +218,32 @@ def l3p_landmarks(agent: GoalAgent, episodes: np.ndarray, maze_shape: tuple[int,
     return select_landmarks(embedding, candidates, lc)
 
 
-def run_seed(cfg: PlanningConfig, seed: int, dynamics: Callable[[Maze], DynamicsModel]) -> dict:
-    """Train and evaluate every configured method for one seed.
+def world_model(maze: Maze, cfg: PlanningConfig, seed: int) -> tuple[DynamicsModel, dict[str, float]]:
+    """Return the world model `cfg.dynamics` names, with its fit seconds and errors (learned) or `{}`."""
+    if cfg.dynamics == "exact":
+        return ExactDynamics(maze), {}
+    t0 = time.perf_counter()
+    model, _ = fit_world_model(maze, cfg.world_model, seed)
+    info = {"fit_seconds": time.perf_counter() - t0}
+    info.update(world_model_errors(model, maze, np.random.default_rng(20_000 + seed)))
+    return model, info
+
+
+def run_seed(cfg: PlanningConfig, seed: int) -> dict:
+    """Fit the world model, then train and evaluate every configured method for one seed.
 
     Returns:
-        `{"success": {method: [N] bool}, "bucket": [N], "edges": [...], "seconds": {...}, ...}` plus the
-        graphs, pairs and one L3P episode for the pictures.
+        `{"success": {method: [N] bool}, "bucket": [N], "edges": [...], "seconds": {...},
+        "world_model": {...}, ...}` plus the graphs, pairs and one L3P episode for the pictures.
     """
     maze = make_maze(cfg.maze)
     geodesic = Geodesic(maze)
-    model = dynamics(maze)
-    if not isinstance(model, DynamicsModel):
-        raise TypeError(f"dynamics(maze) returned {type(model).__name__}, which lacks predict/rollout")
     rng = np.random.default_rng(seed)
     # One evaluation set for every seed, so buckets and pairs are shared.
     starts, goals, bucket, edges = bucket_pairs(maze, geodesic, cfg.eval, np.random.default_rng(10_000))
     seconds, success, extra = {}, {}, {}
 
+    model, model_info = world_model(maze, cfg, seed)
     t0 = time.perf_counter()
     agent, buffer, log = train_agent(maze, model, cfg.agent, seed)
     seconds["train"] = time.perf_counter() - t0
@@ -251,7 +271,8 @@ def run_seed(cfg: PlanningConfig, seed: int, dynamics: Callable[[Maze], Dynamics
             extra["l3p_episode"] = _farthest_episode(ok, bucket, path, controller)
         seconds[method] = time.perf_counter() - t0
     return {"seed": seed, "success": success, "bucket": bucket, "edges": edges, "seconds": seconds,
-            "train_log": log, "maze": maze, "starts": starts, "goals": goals, **extra}
+            "world_model": model_info, "train_log": log, "maze": maze, "starts": starts, "goals": goals,
+            **extra}
 
 
 def _farthest_episode(ok: np.ndarray, bucket: np.ndarray, path: np.ndarray, controller: PlannedController
@@ -281,14 +302,26 @@ def summarize(runs: list[dict]) -> dict[str, dict[str, float]]:
     return table
 
 
-def run_benchmark(cfg: PlanningConfig, out_dir: Path | str | None = None,
-                  dynamics: Callable[[Maze], DynamicsModel] = ExactDynamics) -> dict[str, dict[str, float]]:
+def _run_seed_one_thread(cfg: PlanningConfig, seed: int) -> dict:
+    """``run_seed`` in a worker process, with one torch thread so parallel seeds do not oversubscribe cores."""
+    import torch
+
+    torch.set_num_threads(1)
+    return run_seed(cfg, seed)
+
+
+def _logged(run: dict) -> dict:
+    """Log one seed's summary line and return its results."""
+    logger.info("seed %d: success %s, world model %s", run["seed"], summarize([run]), run["world_model"])
+    return run
+
+
+def run_benchmark(cfg: PlanningConfig, out_dir: Path | str | None = None) -> dict[str, dict[str, float]]:
     """Run every seed and method; optionally write results.json, table.md and two pictures to `out_dir`.
 
     Args:
         cfg: benchmark configuration.
         out_dir: output folder (created), or None to write nothing.
-        dynamics: builds the world model for a maze (the exact simulator by default; a learned GNN later).
 
     Returns:
         `{method: {bucket label: success rate}}`, averaged over seeds, buckets ordered near to far.
@@ -296,9 +329,18 @@ def run_benchmark(cfg: PlanningConfig, out_dir: Path | str | None = None,
     unknown = set(cfg.methods) - set(METHODS)
     if unknown:
         raise ValueError(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
+    if cfg.dynamics not in DYNAMICS:
+        raise ValueError(f"dynamics: expected one of {DYNAMICS}, got {cfg.dynamics!r}")
     if not cfg.seeds:
         raise ValueError("seeds is empty; give at least one seed")
-    runs = [run_seed(cfg, seed, dynamics) for seed in cfg.seeds]
+    if cfg.workers < 1:
+        raise ValueError(f"workers: expected an integer >= 1, got {cfg.workers}")
+    if cfg.workers == 1:
+        runs = [_logged(run_seed(cfg, seed)) for seed in cfg.seeds]
+    else:  # spawned, not forked: a forked child would inherit torch's thread pool state
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(cfg.workers, len(cfg.seeds)), mp_context=context) as pool:
+            runs = [_logged(run) for run in pool.map(_run_seed_one_thread, [cfg] * len(cfg.seeds), cfg.seeds)]
     table = summarize(runs)
     if out_dir is not None:
         write_report(Path(out_dir), cfg, runs, table)

@@ -19,7 +19,7 @@ class MPCConfig:
     """Cross-entropy method settings."""
 
     horizon: int = 10  # imagined steps per plan
-    samples: int = 64  # action sequences per iteration
+    samples: int = 32  # action sequences per iteration (each is a batch of GNN world-model calls)
     elites: int = 8
     iters: int = 3
     init_std: float = 0.7

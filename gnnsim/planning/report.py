@@ -1,4 +1,5 @@
-"""Benchmark artifacts: results JSON, a markdown table, success-vs-distance plot, and a maze picture."""
+"""Benchmark artifacts: results JSON, markdown tables (success, world-model error), a success-vs-distance
+plot, and a maze picture."""
 
 from __future__ import annotations
 
@@ -20,8 +21,22 @@ def markdown_table(table: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def world_model_table(runs: list[dict]) -> str:
+    """Return a markdown table of each seed's world-model fit time and RMSE (cells), next to the wall-free
+    baseline's."""
+    steps = runs[0]["world_model"]["rollout_steps"]
+    lines = ["| seed | fit (s) | 1-step RMSE | wall-free 1-step | "
+             f"{steps}-step RMSE | wall-free {steps}-step |", "|---" * 6 + "|"]
+    for r in runs:
+        e = r["world_model"]
+        lines.append(f"| {r['seed']} | {e['fit_seconds']:.0f} | {e['one_step']:.4f} | "
+                     f"{e['baseline_one_step']:.4f} | {e['rollout']:.3f} | {e['baseline_rollout']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_report(out_dir: Path, cfg, runs: list[dict], table: dict[str, dict[str, float]]) -> None:
-    """Write results.json, table.md, success_vs_distance.png and maze_landmarks.png into `out_dir`.
+    """Write results.json, table.md (success; world-model errors when learned), success_vs_distance.png and
+    maze_landmarks.png into `out_dir`.
 
     Args:
         out_dir: output folder, created if missing.
@@ -38,12 +53,15 @@ def write_report(out_dir: Path, cfg, runs: list[dict], table: dict[str, dict[str
         "bucket_edges_steps": [float(e) for e in runs[0]["edges"]],
         "pairs_per_bucket": [int((runs[0]["bucket"] == b).sum()) for b in range(len(runs[0]["edges"]) - 1)],
         "seconds": {str(r["seed"]): r["seconds"] for r in runs},
+        "world_model": {str(r["seed"]): r["world_model"] for r in runs},
         "landmarks": {str(r["seed"]): int(len(r["l3p_graph"].landmarks)) for r in runs if "l3p_graph" in r},
         "final_train_success": {str(r["seed"]): r["train_log"][-1]["train_success"] for r in runs},
         "config": dataclasses.asdict(cfg),
     }
     _write_text(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
-    _write_text(out_dir / "table.md", markdown_table(table))
+    learned = bool(runs[0]["world_model"])
+    tables = markdown_table(table) + ("\n" + world_model_table(runs) if learned else "")
+    _write_text(out_dir / "table.md", tables)
     plot_success(table, runs[0]["edges"]).savefig(out_dir / "success_vs_distance.png", dpi=120)
     if "l3p_graph" in runs[0]:
         plot_maze(runs[0]).savefig(out_dir / "maze_landmarks.png", dpi=120)
