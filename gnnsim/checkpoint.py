@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from gnnsim.files import atomic_path
 from gnnsim.simulators import Simulator, build_simulator
 
 REQUIRED_KEYS = ("simulator", "state_dict", "step")
@@ -15,12 +16,9 @@ REQUIRED_KEYS = ("simulator", "state_dict", "step")
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     """Write ``payload`` (tensors, numbers, strings, lists, dicts) to ``path`` via a temporary file and rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

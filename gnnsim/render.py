@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 from matplotlib.tri import Triangulation  # noqa: E402
 
 from gnnsim.data.format import Split  # noqa: E402
+from gnnsim.files import atomic_path, save_figure, write_text_atomic  # noqa: E402
 from gnnsim.rollout import PRED_PREFIX  # noqa: E402
 
 
@@ -32,12 +33,11 @@ def save_animation(frames: list[np.ndarray], path: Path, fps: int) -> Path:
     """Write RGB frames as a GIF or MP4 (by suffix), atomically."""
     import imageio.v3 as iio
 
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    if path.suffix == ".gif":
-        iio.imwrite(tmp, np.stack(frames), duration=1000 / fps, loop=0)
-    else:
-        iio.imwrite(tmp, np.stack(frames), fps=fps, codec="libx264")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        if path.suffix == ".gif":
+            iio.imwrite(tmp, np.stack(frames), extension=".gif", duration=1000 / fps, loop=0)
+        else:
+            iio.imwrite(tmp, np.stack(frames), extension=path.suffix, fps=fps, codec="libx264")
     return path
 
 
@@ -70,7 +70,7 @@ def animate_mesh_field(
     for ax, data, title, lim, cmap in (
         (axes[0], truth, f"truth |{field}|", vmax, "viridis"),
         (axes[1], pred, f"prediction |{field}|", vmax, "viridis"),
-        (axes[2], err, f"|error|", emax, "magma"),
+        (axes[2], err, "|error|", emax, "magma"),
     ):
         art = ax.tripcolor(tri, data[0], vmin=0, vmax=lim, cmap=cmap, shading="gouraud")
         ax.set_title(title, fontsize=9, loc="left")
@@ -149,11 +149,7 @@ def plot_error_curve(metrics_path: str | os.PathLike, out_path: str | os.PathLik
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     fig.tight_layout()
-    tmp = out_path.with_name(out_path.stem + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, out_path)
-    return out_path
+    return save_figure(fig, out_path)
 
 
 def write_xdmf(rollout: Split, trajectory: int, out_path: str | os.PathLike) -> Path:
@@ -192,7 +188,4 @@ def write_xdmf(rollout: Split, trajectory: int, out_path: str | os.PathLike) -> 
             )
         lines.append("</Grid>")
     lines += ["</Grid>", "</Domain></Xdmf>"]
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, out_path)
-    return out_path
+    return write_text_atomic(out_path, "\n".join(lines) + "\n")

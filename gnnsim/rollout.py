@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from gnnsim.data.dataset import trajectory_tensors
 from gnnsim.data.format import FieldSpec, Split, write_split
+from gnnsim.files import write_text_atomic
 from gnnsim.metrics import RolloutErrors
 from gnnsim.simulators import Simulator
 
@@ -101,7 +102,5 @@ def rollout_split(
         **(metadata or {}),
     }
     metrics_path = out_path.with_name(out_path.stem + "_metrics.json")
-    tmp = metrics_path.with_name(metrics_path.name + ".tmp")
-    tmp.write_text(json.dumps(metrics, indent=2))
-    os.replace(tmp, metrics_path)
+    write_text_atomic(metrics_path, json.dumps(metrics, indent=2))
     return metrics

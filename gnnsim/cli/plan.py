@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import hydra
@@ -23,12 +21,8 @@ def run(cfg: DictConfig) -> dict:
     """Run the benchmark and write ``report.json`` ({method: {bucket: success rate}}), a table and plots."""
     out_dir = Path(cfg.out_dir)
     table = run_benchmark(OmegaConf.to_object(cfg.plan), out_dir)
-    report = out_dir / "report.json"
-    tmp = report.with_name(report.name + ".tmp")
-    tmp.write_text(json.dumps(table, indent=2) + "\n")
-    os.replace(tmp, report)
     print((out_dir / "table.md").read_text())
-    print(f"report: {report}\nplots: {out_dir / 'success_vs_distance.png'}, {out_dir / 'maze_landmarks.png'}")
+    print(f"report: {out_dir / 'report.json'}\nplots: {out_dir / 'success_vs_distance.png'}, {out_dir / 'maze_landmarks.png'}")
     return table
 
 

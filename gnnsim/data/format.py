@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from gnnsim.files import atomic_path
+
 FORMAT_VERSION = 1
 TRAJ_PREFIX = "traj_"
 
@@ -123,32 +125,25 @@ def write_split(
     import h5py
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     count = 0
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["schema"] = json.dumps({k: v.to_json() for k, v in schema.items()})
-            f.attrs["dt"] = float(dt)
-            f.attrs["generator"] = generator
-            f.attrs["config"] = json.dumps(config or {}, default=str)
-            for i, traj in enumerate(trajectories):
-                where = f"{path}: trajectory {i}"
-                check_trajectory(traj, schema, where)
-                g = f.create_group(f"{TRAJ_PREFIX}{i:06d}")
-                for name, spec in schema.items():
-                    arr = np.ascontiguousarray(traj[name])
-                    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-                        raise FormatError(f"{where}: field '{name}' contains NaN or inf")
-                    chunks = (1, *arr.shape[1:]) if spec.kind == "dynamic" and arr.shape[0] > 0 else None
-                    g.create_dataset(name, data=arr, chunks=chunks)
-                count += 1
-            f.attrs["num_trajectories"] = count
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["schema"] = json.dumps({k: v.to_json() for k, v in schema.items()})
+        f.attrs["dt"] = float(dt)
+        f.attrs["generator"] = generator
+        f.attrs["config"] = json.dumps(config or {}, default=str)
+        for i, traj in enumerate(trajectories):
+            where = f"{path}: trajectory {i}"
+            check_trajectory(traj, schema, where)
+            g = f.create_group(f"{TRAJ_PREFIX}{i:06d}")
+            for name, spec in schema.items():
+                arr = np.ascontiguousarray(traj[name])
+                if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                    raise FormatError(f"{where}: field '{name}' contains NaN or inf")
+                chunks = (1, *arr.shape[1:]) if spec.kind == "dynamic" and arr.shape[0] > 0 else None
+                g.create_dataset(name, data=arr, chunks=chunks)
+            count += 1
+        f.attrs["num_trajectories"] = count
     return path
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from gnnsim.eta.baselines import Forecaster, RealtimeSnapshot
 from gnnsim.eta.benchmark import eval_routes, eval_speed_forecast, format_table, load_days, sumo_baselines
 from gnnsim.eta.gnn import GnnForecaster
+from gnnsim.files import save_figure, write_text_atomic
 from gnnsim.traffic.profile import ProfileForecaster, SpeedProfile
 from gnnsim.traffic.routes import read_routes
 
@@ -127,10 +128,10 @@ def write_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "report.json", "md": out / "report.md", "png": out / "report.png"}
-    paths["json"].write_text(json.dumps(results, indent=2))
+    write_text_atomic(paths["json"], json.dumps(results, indent=2))
     table = format_table({name: {f"h={h}": m for h, m in per_h.items()} for name, per_h in results.items()})
     table = table.replace("MAE (s) | RMSE (s)", f"MAE ({unit}) | RMSE ({unit})")
-    paths["md"].write_text(f"# {title}\n\n{table}\n")
+    write_text_atomic(paths["md"], f"# {title}\n\n{table}\n")
     fig, axes = plt.subplots(1, len(plot_metrics), figsize=(5 * len(plot_metrics), 3.8), squeeze=False)
     for ax, metric in zip(axes[0], plot_metrics):
         for name, per_h in results.items():
@@ -144,6 +145,5 @@ def write_report(
     axes[0][0].legend()
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(paths["png"], dpi=120)
-    plt.close(fig)
+    save_figure(fig, paths["png"], dpi=120)
     return paths

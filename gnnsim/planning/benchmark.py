@@ -317,7 +317,8 @@ def _logged(run: dict) -> dict:
 
 
 def run_benchmark(cfg: PlanningConfig, out_dir: Path | str | None = None) -> dict[str, dict[str, float]]:
-    """Run every seed and method; optionally write results.json, table.md and two pictures to `out_dir`.
+    """Run every seed and method; optionally write report.json, results.json, table.md and two pictures to
+    `out_dir`.
 
     Args:
         cfg: benchmark configuration.

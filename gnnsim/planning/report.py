@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
+
+from gnnsim.files import save_figure, write_text_atomic
 
 
 def markdown_table(table: dict[str, dict[str, float]]) -> str:
@@ -35,8 +36,8 @@ def world_model_table(runs: list[dict]) -> str:
 
 
 def write_report(out_dir: Path, cfg, runs: list[dict], table: dict[str, dict[str, float]]) -> None:
-    """Write results.json, table.md (success; world-model errors when learned), success_vs_distance.png and
-    maze_landmarks.png into `out_dir`.
+    """Write report.json (`{method: {bucket: success rate}}`), results.json, table.md (success; world-model
+    errors when learned), success_vs_distance.png and maze_landmarks.png into `out_dir`, each atomically.
 
     Args:
         out_dir: output folder, created if missing.
@@ -58,20 +59,14 @@ def write_report(out_dir: Path, cfg, runs: list[dict], table: dict[str, dict[str
         "final_train_success": {str(r["seed"]): r["train_log"][-1]["train_success"] for r in runs},
         "config": dataclasses.asdict(cfg),
     }
-    _write_text(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
+    write_text_atomic(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
+    write_text_atomic(out_dir / "report.json", json.dumps(table, indent=2) + "\n")
     learned = bool(runs[0]["world_model"])
     tables = markdown_table(table) + ("\n" + world_model_table(runs) if learned else "")
-    _write_text(out_dir / "table.md", tables)
-    plot_success(table, runs[0]["edges"]).savefig(out_dir / "success_vs_distance.png", dpi=120)
+    write_text_atomic(out_dir / "table.md", tables)
+    save_figure(plot_success(table, runs[0]["edges"]), out_dir / "success_vs_distance.png", dpi=120)
     if "l3p_graph" in runs[0]:
-        plot_maze(runs[0]).savefig(out_dir / "maze_landmarks.png", dpi=120)
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write a file atomically (temporary name, then rename)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+        save_figure(plot_maze(runs[0]), out_dir / "maze_landmarks.png", dpi=120)
 
 
 def plot_success(table: dict[str, dict[str, float]], edges: np.ndarray) -> Figure:

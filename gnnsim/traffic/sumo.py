@@ -46,6 +46,7 @@ import numpy as np
 
 from gnnsim.data.format import dynamic, static, write_split
 from gnnsim.data.generate import trajectory_seeds
+from gnnsim.files import write_text_atomic
 from gnnsim.traffic.routes import make_route_set, sample_label_windows, write_routes
 
 SUMO_PIN = "eclipse-sumo==1.28.0"
@@ -804,7 +805,5 @@ def generate(out_dir: str | os.PathLike, cfg: TrafficScenarioConfig, seed: int, 
             dt=cfg.interval_s,
         )
     record["generate_wall_s"] = round(time.perf_counter() - tic, 2)
-    tmp = out / "scenario.json.tmp"
-    tmp.write_text(json.dumps(record, indent=1, default=str))
-    os.replace(tmp, out / "scenario.json")
+    write_text_atomic(out / "scenario.json", json.dumps(record, indent=1, default=str))
     return record
