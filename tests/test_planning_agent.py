@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from gnnsim.planning.agent import AgentConfig, train_agent
-from gnnsim.planning.dynamics import ExactDynamics, open_loop_rollout
+from gnnsim.planning.dynamics import ExactDynamics
 from gnnsim.planning.maze import Maze, u_layout
 from gnnsim.planning.replay import EpisodeBuffer
 
@@ -56,7 +56,7 @@ def test_open_loop_rollout_matches_repeated_steps():
     maze = Maze.from_text(u_layout(5, 1))
     rng = np.random.default_rng(3)
     x0, acts = maze.sample_free(6, rng), rng.uniform(-1, 1, size=(6, 4, 2))
-    xs = open_loop_rollout(ExactDynamics(maze), x0, acts)
+    xs = ExactDynamics(maze).rollout(x0, acts)
     x = x0
     for t in range(4):
         x = maze.step(x, acts[:, t])

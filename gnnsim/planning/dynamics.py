@@ -29,7 +29,32 @@ class DynamicsModel(Protocol):
         ...
 
 
-class ExactDynamics:
+class OneStepModel:
+    """Base of the one-step models: ``rollout`` steps the subclass's ``predict`` forward."""
+
+    def predict(self, states: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """Return `[B, 2]` next states for `[B, 2]` states and `[B, 2]` actions in `[-1, 1]`."""
+        raise NotImplementedError
+
+    def rollout(self, states: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """Roll the one-step model forward under fixed actions.
+
+        Args:
+            states: `[B, 2]` initial states.
+            actions: `[B, T, 2]` actions.
+
+        Returns:
+            `[B, T + 1, 2]` states, starting with `states`.
+        """
+        if actions.ndim != 3 or actions.shape[0] != len(states):
+            raise ValueError(f"actions: expected [B={len(states)}, T, 2], got {actions.shape}")
+        out = [np.asarray(states, dtype=np.float64)]
+        for t in range(actions.shape[1]):
+            out.append(self.predict(out[-1], actions[:, t]))
+        return np.stack(out, axis=1)
+
+
+class ExactDynamics(OneStepModel):
     """The true maze motion behind the `DynamicsModel` protocol.
 
     Args:
@@ -42,29 +67,6 @@ class ExactDynamics:
     def predict(self, states: np.ndarray, actions: np.ndarray) -> np.ndarray:
         """Return `[B, 2]` next states: the maze's own wall-clipped step."""
         return self.maze.step(states, actions)
-
-    def rollout(self, states: np.ndarray, actions: np.ndarray) -> np.ndarray:
-        """Return `[B, T + 1, 2]` states under open-loop actions `[B, T, 2]`."""
-        return open_loop_rollout(self, states, actions)
-
-
-def open_loop_rollout(model: DynamicsModel, states: np.ndarray, actions: np.ndarray) -> np.ndarray:
-    """Roll a one-step model forward under fixed actions.
-
-    Args:
-        model: the dynamics model.
-        states: `[B, 2]` initial states.
-        actions: `[B, T, 2]` actions.
-
-    Returns:
-        `[B, T + 1, 2]` states, starting with `states`.
-    """
-    if actions.ndim != 3 or actions.shape[0] != len(states):
-        raise ValueError(f"actions: expected [B={len(states)}, T, 2], got {actions.shape}")
-    out = [np.asarray(states, dtype=np.float64)]
-    for t in range(actions.shape[1]):
-        out.append(model.predict(out[-1], actions[:, t]))
-    return np.stack(out, axis=1)
 
 
 def policy_rollout(model: DynamicsModel, states: np.ndarray, goals: np.ndarray, policy: Policy,

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from gnnsim.graph import EdgeSet, Graph
 from gnnsim.nn.encode_process_decode import EncodeProcessDecode, ModelConfig
 from gnnsim.normalization import Normalizer
-from gnnsim.planning.dynamics import DynamicsModel, ExactDynamics, open_loop_rollout, random_transitions
+from gnnsim.planning.dynamics import DynamicsModel, ExactDynamics, OneStepModel, random_transitions
 from gnnsim.planning.maze import Maze
 
 AGENT, WALL = 0, 1
@@ -122,7 +122,7 @@ def contact_graphs(walls: np.ndarray, radius: float, states: np.ndarray, actions
                          np.stack([row, col], axis=1))
 
 
-class GraphDynamics(nn.Module):
+class GraphDynamics(OneStepModel, nn.Module):
     """A `DynamicsModel` whose one-step motion is the project's encode-process-decode GNN.
 
     Args:
@@ -159,12 +159,8 @@ class GraphDynamics(nn.Module):
         contact = self.target_norm.inverse(self(self.graphs(states, actions))).double().numpy()  # [B, 2]
         return WallFreeDynamics(self.maze).predict(states, actions) + contact
 
-    def rollout(self, states: np.ndarray, actions: np.ndarray) -> np.ndarray:
-        """Return `[B, T + 1, 2]` states under open-loop actions `[B, T, 2]`."""
-        return open_loop_rollout(self, states, actions)
 
-
-class WallFreeDynamics:
+class WallFreeDynamics(OneStepModel):
     """The baseline that ignores walls: next = state + action * max_step.
 
     Args:
@@ -177,10 +173,6 @@ class WallFreeDynamics:
     def predict(self, states: np.ndarray, actions: np.ndarray) -> np.ndarray:
         """Return `[B, 2]` next states, walls ignored."""
         return states + np.clip(actions, -1.0, 1.0) * self.maze.max_step
-
-    def rollout(self, states: np.ndarray, actions: np.ndarray) -> np.ndarray:
-        """Return `[B, T + 1, 2]` states under open-loop actions `[B, T, 2]`."""
-        return open_loop_rollout(self, states, actions)
 
 
 def training_transitions(maze: Maze, cfg: WorldModelConfig, rng: np.random.Generator
