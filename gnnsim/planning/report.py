@@ -23,15 +23,17 @@ def markdown_table(table: dict[str, dict[str, float]]) -> str:
 
 
 def world_model_table(runs: list[dict]) -> str:
-    """Return a markdown table of each seed's world-model fit time and RMSE (cells), next to the wall-free
-    baseline's."""
+    """Return a markdown table of each seed's world-model fit time, RMSE (cells) and push misses, next to the
+    wall-free baseline's."""
     steps = runs[0]["world_model"]["rollout_steps"]
     lines = ["| seed | fit (s) | 1-step RMSE | wall-free 1-step | "
-             f"{steps}-step RMSE | wall-free {steps}-step |", "|---" * 6 + "|"]
+             f"{steps}-step RMSE | wall-free {steps}-step | {steps}-step push miss | wall-free push miss |",
+             "|---" * 8 + "|"]
     for r in runs:
         e = r["world_model"]
         lines.append(f"| {r['seed']} | {e['fit_seconds']:.0f} | {e['one_step']:.4f} | "
-                     f"{e['baseline_one_step']:.4f} | {e['rollout']:.3f} | {e['baseline_rollout']:.3f} |")
+                     f"{e['baseline_one_step']:.4f} | {e['rollout']:.3f} | {e['baseline_rollout']:.3f} | "
+                     f"{e['push_miss']:.3f} | {e['baseline_push_miss']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
