@@ -38,6 +38,17 @@ def test_exact_dynamics_runs_without_a_world_model_table(tmp_path):
     assert (tmp_path / "table.md").read_text().count("\n") == 2 + 2
 
 
+def test_progress_bar_counts_epochs_and_evaluation_steps_without_changing_results(capsys):
+    cfg = PlanningConfig.smoke()
+    cfg.dynamics, cfg.methods = "exact", ["her"]
+    quiet = run_benchmark(cfg)
+    assert capsys.readouterr().err == ""
+    assert run_benchmark(cfg, progress=True) == quiet
+    err = capsys.readouterr().err
+    total = cfg.agent.epochs + cfg.eval.horizon  # 3 epochs + 30 steps
+    assert "seed 0" in err and f"0/{total} " in err and "world model" in err and "her" in err
+
+
 def test_unknown_dynamics_is_refused():
     cfg = PlanningConfig.smoke()
     cfg.dynamics = "gnn"

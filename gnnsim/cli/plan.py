@@ -20,7 +20,7 @@ ConfigStore.instance().store(group="plan", name="smoke", node=PlanningConfig.smo
 def run(cfg: DictConfig) -> dict:
     """Run the benchmark and write ``report.json`` ({method: {bucket: success rate}}), a table and plots."""
     out_dir = Path(cfg.out_dir)
-    table = run_benchmark(OmegaConf.to_object(cfg.plan), out_dir)
+    table = run_benchmark(OmegaConf.to_object(cfg.plan), out_dir, progress=True)
     print((out_dir / "table.md").read_text())
     print(f"report: {out_dir / 'report.json'}\nplots: {out_dir / 'success_vs_distance.png'}, {out_dir / 'maze_landmarks.png'}")
     return table

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from gnnsim.planning.dynamics import DynamicsModel, ExactDynamics, policy_rollout
 from gnnsim.planning.maze import Maze
@@ -179,7 +180,7 @@ def _t(x: np.ndarray) -> Tensor:
     return torch.as_tensor(x, dtype=torch.float32)
 
 
-def train_agent(maze: Maze, model: DynamicsModel, cfg: AgentConfig, seed: int
+def train_agent(maze: Maze, model: DynamicsModel, cfg: AgentConfig, seed: int, bar: tqdm | None = None
                 ) -> tuple[GoalAgent, EpisodeBuffer, list[dict[str, float]]]:
     """Train a goal-conditioned agent with hindsight relabelling and model-imagined critic data.
 
@@ -192,6 +193,7 @@ def train_agent(maze: Maze, model: DynamicsModel, cfg: AgentConfig, seed: int
         model: the world model used for imagination.
         cfg: agent configuration.
         seed: seeds numpy and torch.
+        bar: optional progress bar, advanced once per epoch.
 
     Returns:
         The agent, its replay buffer, and one log dict per epoch.
@@ -237,5 +239,7 @@ def train_agent(maze: Maze, model: DynamicsModel, cfg: AgentConfig, seed: int
         entry = {k: float(np.mean([s[k] for s in stats])) for k in stats[0]}
         entry.update(epoch=epoch, train_success=float(success), seconds=time.perf_counter() - t0)
         log.append(entry)
+        if bar is not None:
+            bar.update()
     return agent, buffer, log
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+from tqdm import tqdm
 
 from gnnsim.planning.agent import AgentConfig, CriticSteps, GoalAgent, train_agent
 from gnnsim.planning.dynamics import DynamicsModel, ExactDynamics
@@ -172,8 +173,8 @@ class PlannedController:
         return self.agent.act(states, self.targets[-1])
 
 
-def evaluate(maze: Maze, controller: Controller, starts: np.ndarray, goals: np.ndarray, horizon: int
-             ) -> tuple[np.ndarray, np.ndarray]:
+def evaluate(maze: Maze, controller: Controller, starts: np.ndarray, goals: np.ndarray, horizon: int,
+             bar: tqdm | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Run one episode per pair (stopping each at its goal) and report success.
 
     Args:
@@ -182,6 +183,7 @@ def evaluate(maze: Maze, controller: Controller, starts: np.ndarray, goals: np.n
         starts: `[B, 2]`.
         goals: `[B, 2]`.
         horizon: step limit.
+        bar: optional progress bar, advanced once per step.
 
     Returns:
         success `[B]` bool and the visited states `[B, horizon + 1, 2]`.
@@ -194,6 +196,8 @@ def evaluate(maze: Maze, controller: Controller, starts: np.ndarray, goals: np.n
         x = np.where(done[:, None], x, maze.step(x, controller(x)))
         done |= maze.reached(x, goals)
         path.append(x.copy())
+        if bar is not None:
+            bar.update()
     return done, np.stack(path, axis=1)
 
 
@@ -229,8 +233,10 @@ def world_model(maze: Maze, cfg: PlanningConfig, seed: int) -> tuple[DynamicsMod
     return model, info
 
 
-def run_seed(cfg: PlanningConfig, seed: int) -> dict:
+def run_seed(cfg: PlanningConfig, seed: int, position: int | None = None) -> dict:
     """Fit the world model, then train and evaluate every configured method for one seed.
+
+    With a `position`, a progress bar on that terminal line counts agent epochs, then evaluation steps.
 
     Returns:
         `{"success": {method: [N] bool}, "bucket": [N], "edges": [...], "seconds": {...},
@@ -242,15 +248,19 @@ def run_seed(cfg: PlanningConfig, seed: int) -> dict:
     # One evaluation set for every seed, so buckets and pairs are shared.
     starts, goals, bucket, edges = bucket_pairs(maze, geodesic, cfg.eval, np.random.default_rng(10_000))
     seconds, success, extra = {}, {}, {}
-
+    bar = tqdm(total=cfg.agent.epochs + len(cfg.methods) * cfg.eval.horizon, desc=f"seed {seed}", unit="step",
+               position=position, disable=position is None, leave=False, dynamic_ncols=True)
+    bar.set_postfix_str("world model")
     model, model_info = world_model(maze, cfg, seed)
     t0 = time.perf_counter()
-    agent, buffer, log = train_agent(maze, model, cfg.agent, seed)
+    bar.set_postfix_str("agent")
+    agent, buffer, log = train_agent(maze, model, cfg.agent, seed, bar)
     seconds["train"] = time.perf_counter() - t0
     episodes = buffer.states[:buffer.size]
     landmarks = None
     for method in cfg.methods:
         t0 = time.perf_counter()
+        bar.set_postfix_str(method)
         if method == "her":
             controller = DirectController(agent)
         elif method == "mpc":
@@ -265,11 +275,12 @@ def run_seed(cfg: PlanningConfig, seed: int) -> dict:
                                                                  maze.success_radius))
         else:
             raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
-        ok, path = evaluate(maze, controller, starts, goals, cfg.eval.horizon)
+        ok, path = evaluate(maze, controller, starts, goals, cfg.eval.horizon, bar)
         success[method] = ok
         if method == "l3p":
             extra["l3p_episode"] = _farthest_episode(ok, bucket, path, controller)
         seconds[method] = time.perf_counter() - t0
+    bar.close()
     return {"seed": seed, "success": success, "bucket": bucket, "edges": edges, "seconds": seconds,
             "world_model": model_info, "train_log": log, "maze": maze, "starts": starts, "goals": goals,
             **extra}
@@ -302,12 +313,12 @@ def summarize(runs: list[dict]) -> dict[str, dict[str, float]]:
     return table
 
 
-def _run_seed_one_thread(cfg: PlanningConfig, seed: int) -> dict:
+def _run_seed_one_thread(cfg: PlanningConfig, seed: int, position: int | None) -> dict:
     """``run_seed`` in a worker process, with one torch thread so parallel seeds do not oversubscribe cores."""
     import torch
 
     torch.set_num_threads(1)
-    return run_seed(cfg, seed)
+    return run_seed(cfg, seed, position)
 
 
 def _logged(run: dict) -> dict:
@@ -316,13 +327,15 @@ def _logged(run: dict) -> dict:
     return run
 
 
-def run_benchmark(cfg: PlanningConfig, out_dir: Path | str | None = None) -> dict[str, dict[str, float]]:
+def run_benchmark(cfg: PlanningConfig, out_dir: Path | str | None = None, progress: bool = False
+                  ) -> dict[str, dict[str, float]]:
     """Run every seed and method; optionally write report.json, results.json, table.md and two pictures to
     `out_dir`.
 
     Args:
         cfg: benchmark configuration.
         out_dir: output folder (created), or None to write nothing.
+        progress: show a progress bar per seed (one terminal line each).
 
     Returns:
         `{method: {bucket label: success rate}}`, averaged over seeds, buckets ordered near to far.
@@ -337,11 +350,13 @@ def run_benchmark(cfg: PlanningConfig, out_dir: Path | str | None = None) -> dic
     if cfg.workers < 1:
         raise ValueError(f"workers: expected an integer >= 1, got {cfg.workers}")
     if cfg.workers == 1:
-        runs = [_logged(run_seed(cfg, seed)) for seed in cfg.seeds]
+        runs = [_logged(run_seed(cfg, seed, 0 if progress else None)) for seed in cfg.seeds]
     else:  # spawned, not forked: a forked child would inherit torch's thread pool state
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(min(cfg.workers, len(cfg.seeds)), mp_context=context) as pool:
-            runs = [_logged(run) for run in pool.map(_run_seed_one_thread, [cfg] * len(cfg.seeds), cfg.seeds)]
+            positions = range(len(cfg.seeds)) if progress else [None] * len(cfg.seeds)
+            runs = [_logged(run) for run in pool.map(_run_seed_one_thread, [cfg] * len(cfg.seeds), cfg.seeds,
+                                                     positions)]
     table = summarize(runs)
     if out_dir is not None:
         write_report(Path(out_dir), cfg, runs, table)
