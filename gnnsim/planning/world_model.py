@@ -204,7 +204,8 @@ def training_transitions(maze: Maze, cfg: WorldModelConfig, rng: np.random.Gener
                          ) -> dict[str, np.ndarray]:
     """Return random transitions: a `near_wall` share from states with a wall in contact range, a `pinned`
     share from `pushed_transitions`, the rest from uniform free states."""
-    n_near, n_pinned = int(round(cfg.near_wall * cfg.samples)), int(round(cfg.pinned * cfg.samples))
+    n_near = int(round(cfg.near_wall * cfg.samples))
+    n_pinned = min(int(round(cfg.pinned * cfg.samples)), cfg.samples - n_near)
     data = random_transitions(maze, cfg.samples - n_near - n_pinned, rng)
     pool = random_transitions(maze, 4 * n_near, rng)
     radius = cfg.contact_radius * maze.max_step
