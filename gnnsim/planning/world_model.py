@@ -195,7 +195,8 @@ def pushed_transitions(maze: Maze, n: int, rng: np.random.Generator, max_push: i
     push = rng.uniform(-1.0, 1.0, size=(n, 2))
     steps = rng.integers(1, max_push + 1, size=n)
     for t in range(max_push):
-        states = np.where((t < steps)[:, None], maze.step(states, push), states)
+        moving = t < steps
+        states[moving] = maze.step(states[moving], push[moving])
     actions = np.where(rng.random(n)[:, None] < 0.5, push, rng.uniform(-1.0, 1.0, size=(n, 2)))
     return {"states": states, "actions": actions, "next_states": maze.step(states, actions)}
 
