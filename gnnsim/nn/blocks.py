@@ -151,6 +151,11 @@ class _Layout:
         return xs, ws, b0, layers, norm
 
 
+def _widths(first_weights: Sequence[Tensor], layers: Sequence[tuple[Tensor, Tensor]]) -> list[int]:
+    """Return the output width of each Linear: the first (split by input), then the later ones."""
+    return [first_weights[0].shape[0], *(bias.shape[0] for _, bias in layers)]
+
+
 def _tile_rows(widths: Sequence[int]) -> int:
     """Return the rows per tile for layers of these widths: ~TILE_ELEMENTS values of the widest per thread."""
     return max(1, TILE_ELEMENTS * torch.get_num_threads() // max(widths))
@@ -165,7 +170,7 @@ def _tiled_forward(layout, num_nodes, table, index, receivers, tensors, save):
     """
     xs, ws, b0, layers, norm = layout.unpack(tensors)
     rows, last = xs[0].shape[0], len(layers)
-    widths = [ws[0].shape[0], *(b.shape[0] for _, b in layers)]
+    widths = _widths(ws, layers)
     tile = _tile_rows(widths)
     w_ts = [w.T.contiguous() for w in ws]  # [F_k, H]: the GEMMs run faster on row-major right operands
     layer_ts = [(w.T.contiguous(), b) for w, b in layers]
@@ -250,7 +255,7 @@ class TiledMLP(torch.autograd.Function):
         g_layers = [(torch.zeros_like(w), torch.zeros_like(b)) for w, b in layers]
         g_norm = () if norm is None else (torch.zeros_like(norm[0]), torch.zeros_like(norm[1]))
         rows = grad_out.shape[0]
-        tile = _tile_rows([ws[0].shape[0], *(b.shape[0] for _, b in layers)])
+        tile = _tile_rows(_widths(ws, layers))
         for start in range(0, rows, tile):
             sl = slice(start, min(start + tile, rows))
             g = grad_out[sl]  # d loss / d MLP output, then walked back through the layers
