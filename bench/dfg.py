@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gnnsim.files import write_text_atomic
 from gnnsim.graph import NodeType
 from gnnsim.solvers.cylinder_flow import CylinderFlowConfig, channel_solver, node_types
 from gnnsim.solvers.mesh import Channel, mesh_channel
@@ -139,8 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     result["reference"] = REFERENCE
     print(report(result))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_text_atomic(args.json, json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

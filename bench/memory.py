@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.nn import GroupAddRev
 
+from gnnsim.files import write_text_atomic
 from gnnsim.graph import EdgeSet, Graph, cells_to_edges
 from gnnsim.nn.blocks import Topology, edge_mlp_forward, sum_incoming
 from gnnsim.nn.encode_process_decode import EncodeProcessDecode, ModelConfig
@@ -328,8 +329,7 @@ def main() -> None:
             rows.append(row)
     print_table(rows)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+        write_text_atomic(args.json, json.dumps(rows, indent=1) + "\n")
 
 
 if __name__ == "__main__":

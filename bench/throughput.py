@@ -13,11 +13,16 @@ variants with the same weights:
 
 A training step is ``sim.loss`` (normalisers, noise, features, model, masked MSE) + backward + Adam step; an
 inference step is one ``sim.step`` (what a rollout does per frame) under ``torch.no_grad``. Variants are timed
-alternately, ``--reps`` times each after warm-up steps; ``step_s`` is the median wall-clock time and ``cpu_s``
-the median process CPU time (all threads), the fairer figure on a shared machine. MLP FLOPs are counted
-analytically (2 per multiply-add of every Linear, for the rows it is applied to; a training step counts 3x the
-forward pass: input and weight gradients); the peak is the best float32 GFLOP/s of a 2048 x 2048 matmul, measured
-before and after the steps in the same run. Torch uses as many threads as the process has cores (``--threads``).
+alternately, ``--reps`` times each after warm-up steps; ``step_s`` is the median wall-clock time, ``cpu_s`` the
+median process CPU time (all threads), the fairer figure on a shared machine, and page faults the median minor
+faults per step (memory the allocator took fresh from the kernel: a cost that varies from run to run).
+
+FLOPs are those of the matmuls the step actually runs (every Linear, forward and backward), recorded with a
+``TorchDispatchMode``, 2 per multiply-add. "matmuls alone" replays the recorded matmuls (same shapes, operand
+layouts and order) with nothing between them: the time a step would take if everything else were free, so
+"matmuls alone x plain" is the floor under the variant's "x plain" ratio at this machine's matmul speed. The
+peak is the best float32 GFLOP/s of a 2048 x 2048 matmul, measured before and after the steps in the same run.
+Torch uses as many threads as the process has cores (``--threads``).
 
     python bench/throughput.py --json bench/throughput.json
 """
@@ -27,18 +32,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import time
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from gnnsim.files import write_text_atomic
 from gnnsim.graph import NodeType, cells_to_edges
-from gnnsim.nn.encode_process_decode import EncodeProcessDecode, ModelConfig
-from gnnsim.nn.mlp import MLP
+from gnnsim.nn.encode_process_decode import ModelConfig
 from gnnsim.simulators.flow import FlowSimulator
 
 MODES = ("train", "infer")
+aten = torch.ops.aten
 
 
 def channel_batch(nx: int = 76, ny: int = 25, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -66,28 +74,51 @@ def channel_batch(nx: int = 76, ny: int = 25, seed: int = 0) -> dict[str, torch.
     }
 
 
-def linear_flops(mlp: MLP, rows: int, first_in: int | None = None) -> int:
-    """Return the FLOPs of ``mlp``'s Linears on ``rows`` rows (the first one reading ``first_in`` features)."""
-    sizes = [(layer.in_features, layer.out_features) for layer in mlp.linears]
-    if first_in is not None:
-        sizes[0] = (first_in, sizes[0][1])
-    return 2 * rows * sum(i * o for i, o in sizes)
+class MatmulRecorder(TorchDispatchMode):
+    """Record the operands (shape, strides) of every matrix multiply run under it, forward and backward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        packet = func.overloadpacket
+        if packet in (aten.mm, aten.addmm, aten.addmm_):
+            a, b = args[:2] if packet is aten.mm else args[1:3]
+            self.calls.append((tuple(a.shape), a.stride(), tuple(b.shape), b.stride()))
+        return func(*args, **(kwargs or {}))
 
 
-def forward_flops(model: EncodeProcessDecode, num_nodes: int, num_edges: int, fused: bool) -> int:
-    """Return the MLP FLOPs of one forward pass of ``model`` on a graph with one edge set."""
-    flops = linear_flops(model.node_encoder, num_nodes) + linear_flops(model.decoder, num_nodes)
-    flops += sum(linear_flops(enc, num_edges) for enc in model.edge_encoders.values())
-    for block in model.processor.blocks:
-        for mlp in block.edge_mlps.values():
-            if fused:  # nodes projected once by [W_s; W_r], then only W_e runs per edge
-                latent = mlp.first.in_features // 3
-                flops += 2 * num_nodes * latent * 2 * mlp.first.out_features
-                flops += linear_flops(mlp, num_edges, first_in=latent)
-            else:
-                flops += linear_flops(mlp, num_edges)
-        flops += linear_flops(block.node_mlp, num_nodes)
-    return flops
+def record_matmuls(step) -> list:
+    """Run ``step`` once; return the (shape, strides) of both operands of each matmul it ran, in order."""
+    with MatmulRecorder() as recorder:
+        step()
+    return recorder.calls
+
+
+def matmul_flops(calls: list) -> int:
+    """Return the FLOPs of the recorded matmuls (2 per multiply-add)."""
+    return sum(2 * a[0] * a[1] * b[1] for a, _, b, _ in calls)
+
+
+def matmul_seconds(calls: list, reps: int = 5) -> float:
+    """Return the median time of running the recorded matmuls alone, same shapes and operand layouts, in order."""
+
+    def operand(shape, stride):
+        return torch.randn(1 + sum((n - 1) * s for n, s in zip(shape, stride))).as_strided(shape, stride)
+
+    buffers = {}
+    for call in calls:
+        if call not in buffers:
+            a, b = operand(*call[:2]), operand(*call[2:])
+            buffers[call] = (a, b, a.new_empty(a.shape[0], b.shape[1]))
+    times = []
+    for _ in range(reps + 1):  # the first pass warms up
+        t0 = time.perf_counter()
+        for a, b, out in map(buffers.get, calls):
+            torch.mm(a, b, out=out)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
 
 
 def peak_gflops(size: int = 2048, reps: int = 5) -> float:
@@ -124,18 +155,20 @@ def make_step(sim: FlowSimulator, batch: dict[str, torch.Tensor], mode: str):
     return step
 
 
-def time_steps(steps: dict[str, callable], reps: int, warmup: int) -> dict[str, tuple[list[float], list[float]]]:
-    """Run each step ``warmup`` times, then ``reps`` times alternately; return (wall, CPU) seconds per variant."""
+def time_steps(steps: dict[str, callable], reps: int, warmup: int) -> dict[str, tuple[list, list, list]]:
+    """Run each step ``warmup`` times, then ``reps`` times alternately; return per variant the wall and CPU
+    seconds and the minor page faults (fresh memory the allocator took from the kernel) of each timed step."""
     for step in steps.values():
         for _ in range(warmup):
             step()
-    times = {name: ([], []) for name in steps}
+    times = {name: ([], [], []) for name in steps}
     for _ in range(reps):
         for name, step in steps.items():
-            w0, c0 = time.perf_counter(), time.process_time()
+            w0, c0, f0 = time.perf_counter(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             step()
             times[name][0].append(time.perf_counter() - w0)
             times[name][1].append(time.process_time() - c0)
+            times[name][2].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
     return times
 
 
@@ -156,23 +189,23 @@ def main() -> None:
     torch.manual_seed(0)
     sims = {"plain": FlowSimulator(ModelConfig(fused=False)), "optimised": FlowSimulator(ModelConfig(fused=True))}
     sims["optimised"].load_state_dict(sims["plain"].state_dict())
-    fused = {"plain": False, "optimised": True}
     if args.compile:
         sims["compiled"] = FlowSimulator(ModelConfig(fused=True))
         sims["compiled"].load_state_dict(sims["plain"].state_dict())
         sims["compiled"].model.compile(dynamic=True)
-        fused["compiled"] = True
 
     rows = []
     for mode in MODES:
         steps = {name: make_step(sim, batch, mode) for name, sim in sims.items()}
-        for name, (wall, cpu) in time_steps(steps, args.reps, args.warmup).items():
-            passes = 3 if mode == "train" else 1  # forward; + input and weight gradients
-            flops = forward_flops(sims[name].model, num_nodes, num_edges, fused[name]) * passes
+        calls = {name: record_matmuls(steps[name]) for name in ("plain", "optimised")}  # also a warm-up step
+        calls["compiled"] = calls["optimised"]  # the same function: its matmuls, before inductor fuses around them
+        for name, (wall, cpu, faults) in time_steps(steps, args.reps, args.warmup).items():
+            flops = matmul_flops(calls[name])
             step_s, cpu_s = statistics.median(wall), statistics.median(cpu)
             rows.append({
                 "variant": name, "mode": mode, "step_s": step_s, "nodes_per_s": num_nodes / step_s,
                 "gflops": flops / step_s / 1e9, "cpu_s": cpu_s, "min_s": min(wall), "gflop": flops / 1e9,
+                "faults": statistics.median(faults), "matmul_s": matmul_seconds(calls[name]),
             })
     peak = max(peak, peak_gflops())
 
@@ -180,20 +213,20 @@ def main() -> None:
           f"torch {torch.__version__}, {args.threads} threads; "
           f"load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}")
     print(f"peak (2048^2 float32 matmul): {peak:.0f} GFLOP/s; {args.reps} interleaved reps, medians\n")
-    print("| variant | mode | step ms | min ms | CPU ms | nodes/s | MLP GFLOP | GFLOP/s | % peak "
-          "| x plain (wall) | x plain (CPU) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| variant | mode | step ms | min ms | CPU ms | page faults | nodes/s | MLP GFLOP | GFLOP/s | % peak "
+          "| matmuls alone ms | x plain (wall) | x plain (CPU) | matmuls alone x plain |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     plain = {r["mode"]: r for r in rows if r["variant"] == "plain"}
     for r in rows:
         base = plain[r["mode"]]
         print(f"| {r['variant']} | {r['mode']} | {r['step_s'] * 1e3:.0f} | {r['min_s'] * 1e3:.0f} "
-              f"| {r['cpu_s'] * 1e3:.0f} "
+              f"| {r['cpu_s'] * 1e3:.0f} | {r['faults']:,.0f} "
               f"| {r['nodes_per_s']:,.0f} | {r['gflop']:.2f} | {r['gflops']:.1f} | {100 * r['gflops'] / peak:.0f} "
-              f"| {r['step_s'] / base['step_s']:.2f} | {r['cpu_s'] / base['cpu_s']:.2f} |")
+              f"| {r['matmul_s'] * 1e3:.0f} | {r['step_s'] / base['step_s']:.2f} | {r['cpu_s'] / base['cpu_s']:.2f} "
+              f"| {r['matmul_s'] / base['step_s']:.2f} |")
     if args.json:
-        keys = ("variant", "mode", "step_s", "nodes_per_s", "gflops", "cpu_s")
-        with open(args.json, "w") as f:
-            json.dump([{k: r[k] for k in keys} for r in rows], f, indent=1)
+        keys = ("variant", "mode", "step_s", "nodes_per_s", "gflops", "cpu_s", "matmul_s")
+        write_text_atomic(args.json, json.dumps([{k: r[k] for k in keys} for r in rows], indent=1) + "\n")
 
 
 if __name__ == "__main__":
