@@ -84,12 +84,8 @@ def _accumulate_global_batch(norm: Normalizer, args: tuple, kwargs: dict) -> tup
     x: Tensor = args[0]
     accumulate = kwargs.get("accumulate", args[1] if len(args) > 1 else None)
     accumulate = norm.training if accumulate is None else accumulate
-    if accumulate and norm.num_accumulations < norm.max_accumulations:
-        flat = x.detach().reshape(-1, norm.size).double()
-        stats = torch.cat([flat.sum(0), flat.square().sum(0), flat.new_full((1,), flat.shape[0])])
+    if accumulate:  # every rank, every step (the cap is applied on the device, identically on every rank)
+        stats = norm.row_statistics(x)
         dist.all_reduce(stats)
-        norm.sum += stats[: norm.size]
-        norm.sum_squared += stats[norm.size : 2 * norm.size]
-        norm.count += stats[-1]
-        norm.num_accumulations += 1
+        norm.accumulate(stats)
     return (x,), {"accumulate": False}

@@ -33,13 +33,26 @@ class Normalizer(nn.Module):
         """Normalise ``x`` [..., size]; update the statistics first when accumulating (default: in training)."""
         if x.shape[-1] != self.size:
             raise ValueError(f"Normalizer: expected last dim {self.size}, got shape {list(x.shape)}")
-        if (self.training if accumulate is None else accumulate) and self.num_accumulations < self.max_accumulations:
-            flat = x.detach().reshape(-1, self.size).double()
-            self.sum += flat.sum(0)
-            self.sum_squared += flat.square().sum(0)
-            self.count += flat.shape[0]
-            self.num_accumulations += 1
+        if self.training if accumulate is None else accumulate:
+            self.accumulate(self.row_statistics(x))
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+    def row_statistics(self, x: Tensor) -> Tensor:
+        """Return the sum, the sum of squares and the count of ``x``'s rows, as one float64 vector [2 size + 1]."""
+        flat = x.detach().reshape(-1, self.size).double()
+        return torch.cat([flat.sum(0), flat.square().sum(0), flat.new_full((1,), flat.shape[0])])
+
+    def accumulate(self, stats: Tensor) -> None:
+        """Add ``row_statistics`` (of one batch, or summed over ranks) unless ``max_accumulations`` calls already have.
+
+        The cap is applied on the statistics' device (``torch.where``), never read back to the host: no GPU sync.
+        """
+        active = self.num_accumulations < self.max_accumulations  # 0-d bool tensor
+        stats = torch.where(active, stats, 0.0)
+        self.sum += stats[: self.size]
+        self.sum_squared += stats[self.size : 2 * self.size]
+        self.count += stats[-1]
+        self.num_accumulations += active
 
     def inverse(self, x: Tensor) -> Tensor:
         """Map normalised values back to the data's units."""

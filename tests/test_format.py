@@ -58,6 +58,14 @@ def test_nan_is_refused_on_read_naming_the_field(tmp_path):
         split.read(0, "velocity")
 
 
+def test_unknown_node_type_is_refused_on_read(tmp_path):
+    path = write_synthetic_flow(tmp_path / "a.h5", 1, 4)
+    with h5py.File(path, "a") as f:
+        f["traj_000000/node_type"][7] = 9  # NodeType.SIZE: one past the last type
+    with pytest.raises(FormatError, match=r"traj_000000: field 'node_type' has values \[9\] outside \[0, 9\)"):
+        Split(path).read(0, "node_type")
+
+
 def test_nan_is_refused_on_write_and_existing_file_survives(tmp_path):
     path = write_synthetic_flow(tmp_path / "a.h5", 1, 4)
     bad = synthetic_flow_trajectory(4)

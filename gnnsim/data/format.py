@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from gnnsim.files import atomic_path
+from gnnsim.graph import NodeType
 
 FORMAT_VERSION = 1
 TRAJ_PREFIX = "traj_"
@@ -97,6 +98,18 @@ def check_trajectory(traj: Mapping[str, Any], schema: Schema, where: str) -> dic
     return sizes
 
 
+def check_values(arr: np.ndarray, name: str, where: str) -> None:
+    """Refuse NaN/inf in a float field and node types outside ``NodeType`` (the simulators one-hot them on the
+    device without reading them back); ``where`` names the file and trajectory."""
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise FormatError(f"{where}: field '{name}' contains NaN or inf")
+    if name == "node_type" and arr.size and (arr.min() < 0 or arr.max() >= NodeType.SIZE):
+        bad = np.unique(arr[(arr < 0) | (arr >= NodeType.SIZE)])[:5].tolist()
+        raise FormatError(
+            f"{where}: field 'node_type' has values {bad} outside [0, {int(NodeType.SIZE)}) (gnnsim.graph.NodeType)"
+        )
+
+
 def write_split(
     path: str | os.PathLike,
     trajectories: Iterable[Mapping[str, np.ndarray]],
@@ -138,8 +151,7 @@ def write_split(
             g = f.create_group(f"{TRAJ_PREFIX}{i:06d}")
             for name, spec in schema.items():
                 arr = np.ascontiguousarray(traj[name])
-                if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-                    raise FormatError(f"{where}: field '{name}' contains NaN or inf")
+                check_values(arr, name, where)
                 chunks = (1, *arr.shape[1:]) if spec.kind == "dynamic" and arr.shape[0] > 0 else None
                 g.create_dataset(name, data=arr, chunks=chunks)
             count += 1
@@ -219,8 +231,7 @@ class Split:
             arr = ds[()] if spec.kind == "static" or time is None else ds[time]
         except OSError as e:
             raise FormatError(f"{self.path}: {self.names[i]}: field '{name}' cannot be read ({e})") from None
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            raise FormatError(f"{self.path}: {self.names[i]}: field '{name}' contains NaN or inf")
+        check_values(arr, name, f"{self.path}: {self.names[i]}")
         return arr
 
     def trajectory(self, i: int) -> dict[str, np.ndarray]:

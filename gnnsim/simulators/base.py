@@ -14,15 +14,22 @@ from gnnsim.nn.encode_process_decode import EncodeProcessDecode, ModelConfig
 
 
 def node_type_one_hot(node_type: Tensor) -> Tensor:
-    """One-hot encode node types [N] into [N, NodeType.SIZE] floats."""
-    return nn.functional.one_hot(node_type.long().reshape(-1), int(NodeType.SIZE)).float()
+    """One-hot encode node types [N] into [N, NodeType.SIZE] floats.
+
+    A comparison with every type, not ``F.one_hot``, which reads the values back to the host to range-check them
+    (a GPU sync per step); the data loader rejects types outside ``[0, NodeType.SIZE)`` instead.
+    """
+    types = torch.arange(int(NodeType.SIZE), device=node_type.device)
+    return (node_type.reshape(-1, 1).long() == types).float()
 
 
 def masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-    """Mean over masked rows of the squared error summed over features (DeepMind's MeshGraphNets loss)."""
-    if not mask.any():
-        raise ValueError("loss mask selects no node; check node_type values in the data")
-    return (pred - target).square().sum(-1)[mask].mean()
+    """Mean over masked rows of the squared error summed over features (DeepMind's MeshGraphNets loss).
+
+    Computed without reading ``mask`` back to the host (no GPU sync); unmasked rows never enter, NaN or not. An
+    empty mask gives 0 (no gradient), not NaN, which would reach the weights before any check could see it.
+    """
+    return torch.where(mask, (pred - target).square().sum(-1), 0.0).sum() / mask.sum().clamp(min=1)
 
 
 class Simulator(nn.Module):
