@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gnnsim.data.format import dynamic, static, write_split
-from gnnsim.graph import NodeType
+from gnnsim.graph import NodeType, cells_to_edges
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
@@ -53,6 +53,14 @@ def synthetic_flow_trajectory(steps: int, nx: int = 9, ny: int = 5, seed: int = 
     vel[:, node_type == NodeType.WALL_BOUNDARY] = 0
     p = (0.5 * np.sin(arg))[..., None].astype(np.float32)
     return {"mesh_pos": pos, "cells": cells, "node_type": node_type, "velocity": vel, "pressure": p}
+
+
+def synthetic_flow_batch(steps: int = 3, **kw) -> dict[str, torch.Tensor]:
+    """A synthetic flow trajectory as the tensors a simulator takes (edges from the cells)."""
+    traj = synthetic_flow_trajectory(steps, **kw)
+    batch = {k: torch.from_numpy(v) for k, v in traj.items() if k != "cells"}
+    batch["edge_index"] = cells_to_edges(torch.from_numpy(traj["cells"]))
+    return batch
 
 
 def write_synthetic_flow(path, num_trajectories: int = 2, steps: int = 12, **kw):

@@ -8,8 +8,8 @@ that would be such a read on a GPU.
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import synthetic_flow_trajectory
-from gnnsim.graph import NodeType, cells_to_edges
+from conftest import synthetic_flow_batch
+from gnnsim.graph import NodeType
 from gnnsim.nn.encode_process_decode import ModelConfig
 from gnnsim.normalization import Normalizer
 from gnnsim.simulators.base import masked_mse, node_type_one_hot
@@ -39,17 +39,6 @@ class HostReads(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
-def flow_batch():
-    traj = synthetic_flow_trajectory(3)
-    return {
-        "mesh_pos": torch.from_numpy(traj["mesh_pos"]),
-        "node_type": torch.from_numpy(traj["node_type"]),
-        "edge_index": cells_to_edges(torch.from_numpy(traj["cells"])),
-        "velocity": torch.from_numpy(traj["velocity"]),
-        "pressure": torch.from_numpy(traj["pressure"]),
-    }
-
-
 def test_the_detector_sees_the_reads_it_looks_for():
     x = torch.arange(4.0)
     with HostReads() as reads:
@@ -61,7 +50,7 @@ def test_the_detector_sees_the_reads_it_looks_for():
 
 def test_flow_training_and_rollout_steps_read_nothing_back():
     torch.manual_seed(0)
-    batch = flow_batch()
+    batch = synthetic_flow_batch()
     for fused in (True, False):
         sim = FlowSimulator(ModelConfig(latent_size=16, num_blocks=2, fused=fused))
         opt = torch.optim.Adam(sim.parameters())

@@ -1,9 +1,12 @@
 """Properties of the learned core and the flow domain on tiny hand-built graphs."""
 
+import collections
+
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import grid_mesh
+from conftest import grid_mesh, synthetic_flow_batch
 from gnnsim.graph import EdgeSet, Graph, cells_to_edges
 from gnnsim.nn.encode_process_decode import EncodeProcessDecode, ModelConfig
 from gnnsim.simulators.flow import FlowSimulator
@@ -118,3 +121,33 @@ def test_edge_set_mismatch_is_reported(model):
     g.edge_sets["world"] = g.edge_sets["mesh"]
     with pytest.raises(ValueError, match=r"graph edge sets \['mesh', 'world'\] != model's \['mesh'\]"):
         model(g)
+
+
+def test_bf16_autocast_runs_linears_in_bf16_and_keeps_the_latent_stream_float32():
+    """Under autocast (CPU here; the GPU path is the same code) the Linears run in bfloat16, while LayerNorm, the
+    residual sums, the sums over edges and the outputs stay float32 and the normaliser statistics float64."""
+    aten = torch.ops.aten
+    seen = collections.defaultdict(set)
+
+    class Dtypes(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func.overloadpacket in (aten.addmm, aten.mm, aten.native_layer_norm, aten.index_add_, aten.index_add):
+                seen[str(func.overloadpacket)].add((out[0] if isinstance(out, tuple) else out).dtype)
+            return out
+
+    batch = synthetic_flow_batch()
+    losses = {}
+    for amp in (False, True):
+        torch.manual_seed(0)
+        sim = FlowSimulator(ModelConfig(latent_size=16, num_blocks=2))
+        with Dtypes(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            losses[amp] = sim.loss(batch)
+            out = sim.model(sim.graph(batch["mesh_pos"], batch["node_type"], batch["edge_index"], batch["velocity"][0]))
+        losses[amp].backward()
+        assert out.dtype == torch.float32 and losses[amp].dtype == torch.float32
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in sim.model.parameters())
+        assert sim.node_normalizer.sum.dtype == torch.float64
+    assert seen["aten.addmm"] == {torch.float32, torch.bfloat16}  # float32 without autocast, bfloat16 with
+    assert seen["aten.native_layer_norm"] == {torch.float32} and seen["aten.index_add_"] == {torch.float32}
+    torch.testing.assert_close(losses[True], losses[False], rtol=0.05, atol=0)

@@ -114,7 +114,7 @@ def fused_mlp(
         h = torch.addmm(h, x, w.T)  # [R, H]
     for layer in rest:
         h = torch.addmm(layer.bias, h.relu_(), layer.weight.T)
-    y = h if norm is None else F.layer_norm(h, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+    y = h if norm is None else norm(h)  # in float32 under autocast (``LayerNorm``)
     incoming = None if receivers is None else sum_incoming(y, receivers, num_nodes)
     return inputs[0] + y if residual else y, incoming
 

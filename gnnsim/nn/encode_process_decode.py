@@ -97,4 +97,4 @@ class EncodeProcessDecode(nn.Module):
         edges = {k: self.edge_encoders[k](es.features) for k, es in graph.edge_sets.items()}  # [E_k, L]
         topology = {k: (es.senders, es.receivers) for k, es in graph.edge_sets.items()}
         nodes, _ = self.processor(nodes, edges, topology)
-        return self.decoder(nodes)
+        return self.decoder(nodes).to(graph.node_features.dtype)  # autocast's Linear dtype back to the features'

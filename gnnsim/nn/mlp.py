@@ -4,7 +4,20 @@ from __future__ import annotations
 
 from itertools import islice
 
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+class LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` computed in its parameters' dtype (float32), under autocast too.
+
+    CUDA's autocast runs LayerNorm in float32 by itself; CPU's would run it in bfloat16 on a bfloat16 Linear
+    output. Either way the normalised output, and with it the latent stream (residual sums, sums over edges),
+    stays in full precision while the Linears run in the autocast dtype.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x.to(self.weight.dtype), self.normalized_shape, self.weight, self.bias, self.eps)
 
 
 class MLP(nn.Module):
@@ -27,7 +40,7 @@ class MLP(nn.Module):
             size = hidden_size
         layers.append(nn.Linear(size, out_size))
         if layer_norm:
-            layers.append(nn.LayerNorm(out_size))
+            layers.append(LayerNorm(out_size))
         self.layers = nn.Sequential(*layers)
         self.in_size, self.out_size = in_size, out_size
 
@@ -42,10 +55,10 @@ class MLP(nn.Module):
         return [layer for layer in self.layers if isinstance(layer, nn.Linear)]
 
     @property
-    def norm(self) -> nn.LayerNorm | None:
+    def norm(self) -> LayerNorm | None:
         """The final LayerNorm, or None."""
         last = self.layers[-1]
-        return last if isinstance(last, nn.LayerNorm) else None
+        return last if isinstance(last, LayerNorm) else None
 
     def forward(self, x: Tensor) -> Tensor:
         """Map [..., in_size] to [..., out_size]."""
