@@ -21,10 +21,13 @@ FLOPs are those of the matmuls the step actually runs (every Linear, forward and
 ``TorchDispatchMode``, 2 per multiply-add. "matmuls alone" replays the recorded matmuls (same shapes, operand
 layouts and order) with nothing between them: the time a step would take if everything else were free, so
 "matmuls alone x plain" is the floor under the variant's "x plain" ratio at this machine's matmul speed. The
-peak is the best float32 GFLOP/s of a 2048 x 2048 matmul, measured before and after the steps in the same run.
-Torch uses as many threads as the process has cores (``--threads``).
+peak is the best GFLOP/s of a 2048 x 2048 float32 matmul (bfloat16 with ``--amp``; 8192 x 8192 on a GPU),
+measured before and after the steps in the same run. Torch uses as many threads as the process has cores
+(``--threads``). ``--device cuda --amp`` times the GPU path (whole-tensor ops, bf16 autocast), waiting for the
+device after every step.
 
     python bench/throughput.py --json bench/throughput.json
+    python bench/throughput.py --device cuda --amp --json bench/throughput_gpu.json
 """
 
 from __future__ import annotations
@@ -79,18 +82,18 @@ class MatmulRecorder(TorchDispatchMode):
 
     def __init__(self) -> None:
         super().__init__()
-        self.calls: list[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = []
+        self.calls: list[tuple] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         packet = func.overloadpacket
         if packet in (aten.mm, aten.addmm, aten.addmm_):
             a, b = args[:2] if packet is aten.mm else args[1:3]
-            self.calls.append((tuple(a.shape), a.stride(), tuple(b.shape), b.stride()))
+            self.calls.append((tuple(a.shape), a.stride(), tuple(b.shape), b.stride(), a.dtype))
         return func(*args, **(kwargs or {}))
 
 
 def record_matmuls(step) -> list:
-    """Run ``step`` once; return the (shape, strides) of both operands of each matmul it ran, in order."""
+    """Run ``step`` once; return the (shape, strides) of both operands and the dtype of each matmul it ran."""
     with MatmulRecorder() as recorder:
         step()
     return recorder.calls
@@ -98,59 +101,78 @@ def record_matmuls(step) -> list:
 
 def matmul_flops(calls: list) -> int:
     """Return the FLOPs of the recorded matmuls (2 per multiply-add)."""
-    return sum(2 * a[0] * a[1] * b[1] for a, _, b, _ in calls)
+    return sum(2 * a[0] * a[1] * b[1] for a, _, b, _, _ in calls)
 
 
-def matmul_seconds(calls: list, reps: int = 5) -> float:
-    """Return the median time of running the recorded matmuls alone, same shapes and operand layouts, in order."""
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU, whose ops return when done)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
-    def operand(shape, stride):
-        return torch.randn(1 + sum((n - 1) * s for n, s in zip(shape, stride))).as_strided(shape, stride)
+
+def matmul_seconds(calls: list, device: torch.device, reps: int = 5) -> float:
+    """Return the median time of running the recorded matmuls alone, same shapes, operand layouts, dtypes and order."""
+
+    def operand(shape, stride, dtype):
+        size = 1 + sum((n - 1) * s for n, s in zip(shape, stride))
+        return torch.randn(size, device=device).to(dtype).as_strided(shape, stride)
 
     buffers = {}
     for call in calls:
         if call not in buffers:
-            a, b = operand(*call[:2]), operand(*call[2:])
+            a, b = operand(*call[:2], call[4]), operand(*call[2:4], call[4])
             buffers[call] = (a, b, a.new_empty(a.shape[0], b.shape[1]))
     times = []
     for _ in range(reps + 1):  # the first pass warms up
+        synchronize(device)
         t0 = time.perf_counter()
         for a, b, out in map(buffers.get, calls):
             torch.mm(a, b, out=out)
+        synchronize(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times[1:])
 
 
-def peak_gflops(size: int = 2048, reps: int = 5) -> float:
-    """Return the best float32 GFLOP/s of a ``size`` x ``size`` matmul."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def peak_gflops(device: torch.device, dtype: torch.dtype, size: int = 2048, reps: int = 5) -> float:
+    """Return the best GFLOP/s of a ``size`` x ``size`` matmul in ``dtype`` (x 4 in size on a GPU)."""
+    size = size * 4 if device.type == "cuda" else size
+    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
     a @ b
     best = float("inf")
     for _ in range(reps):
+        synchronize(device)
         t0 = time.perf_counter()
         a @ b
+        synchronize(device)
         best = min(best, time.perf_counter() - t0)
     return 2 * size**3 / best / 1e9
 
 
-def make_step(sim: FlowSimulator, batch: dict[str, torch.Tensor], mode: str):
-    """Return a function that runs one training or inference step of ``sim`` on ``batch``."""
+def make_step(sim: FlowSimulator, batch: dict[str, torch.Tensor], mode: str, amp: bool = False):
+    """Return a function that runs one training or inference step of ``sim`` on ``batch`` (on its device) and
+    waits for it; ``amp`` runs it under bfloat16 autocast."""
+    device = batch["velocity"].device
+    autocast = torch.autocast(device.type, torch.bfloat16, enabled=amp)
     if mode == "train":
         sim.train()
-        opt = torch.optim.Adam(sim.parameters(), lr=1e-5)
+        opt = torch.optim.Adam(sim.parameters(), lr=1e-5, fused=device.type == "cuda")
 
         def step() -> None:
             opt.zero_grad(set_to_none=True)
-            sim.loss(batch).backward()
+            with autocast:
+                loss = sim.loss(batch)
+            loss.backward()
             opt.step()
+            synchronize(device)
 
         return step
     sim.eval()
     velocity = batch["velocity"][0]
 
     def step() -> None:
-        with torch.no_grad():
+        with torch.no_grad(), autocast:
             sim.step(batch["mesh_pos"], batch["node_type"], batch["edge_index"], velocity)
+        synchronize(device)
 
     return step
 
@@ -178,13 +200,17 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant and mode first")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads")
     parser.add_argument("--compile", action="store_true", help="also time the optimised model under torch.compile")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda[:i] (then --threads only sets host threads)")
+    parser.add_argument("--amp", action="store_true", help="run the steps under bfloat16 autocast")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    batch = channel_batch()
+    device = torch.device(args.device)
+    batch = {k: v.to(device) for k, v in channel_batch().items()}
     num_nodes, num_edges = batch["node_type"].shape[0], batch["edge_index"].shape[1]
     load_before = os.getloadavg()[0]
-    peak = peak_gflops()
+    peak_dtype = torch.bfloat16 if args.amp else torch.float32
+    peak = peak_gflops(device, peak_dtype)
 
     torch.manual_seed(0)
     sims = {"plain": FlowSimulator(ModelConfig(fused=False)), "optimised": FlowSimulator(ModelConfig(fused=True))}
@@ -193,10 +219,11 @@ def main() -> None:
         sims["compiled"] = FlowSimulator(ModelConfig(fused=True))
         sims["compiled"].load_state_dict(sims["plain"].state_dict())
         sims["compiled"].model.compile(dynamic=True)
+    sims = {name: sim.to(device) for name, sim in sims.items()}
 
     rows = []
     for mode in MODES:
-        steps = {name: make_step(sim, batch, mode) for name, sim in sims.items()}
+        steps = {name: make_step(sim, batch, mode, args.amp) for name, sim in sims.items()}
         calls = {name: record_matmuls(steps[name]) for name in ("plain", "optimised")}  # also a warm-up step
         calls["compiled"] = calls["optimised"]  # the same function: its matmuls, before inductor fuses around them
         for name, (wall, cpu, faults) in time_steps(steps, args.reps, args.warmup).items():
@@ -205,14 +232,16 @@ def main() -> None:
             rows.append({
                 "variant": name, "mode": mode, "step_s": step_s, "nodes_per_s": num_nodes / step_s,
                 "gflops": flops / step_s / 1e9, "cpu_s": cpu_s, "min_s": min(wall), "gflop": flops / 1e9,
-                "faults": statistics.median(faults), "matmul_s": matmul_seconds(calls[name]),
+                "faults": statistics.median(faults), "matmul_s": matmul_seconds(calls[name], device),
             })
-    peak = max(peak, peak_gflops())
+    peak = max(peak, peak_gflops(device, peak_dtype))
 
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
     print(f"graph: {num_nodes} nodes, {num_edges} directed edges; latent 128, 15 blocks; "
-          f"torch {torch.__version__}, {args.threads} threads; "
+          f"torch {torch.__version__}, {where}{', bf16 autocast' if args.amp else ''}; "
           f"load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}")
-    print(f"peak (2048^2 float32 matmul): {peak:.0f} GFLOP/s; {args.reps} interleaved reps, medians\n")
+    print(f"peak ({str(peak_dtype).removeprefix('torch.')} matmul): {peak:.0f} GFLOP/s; "
+          f"{args.reps} interleaved reps, medians\n")
     print("| variant | mode | step ms | min ms | CPU ms | page faults | nodes/s | MLP GFLOP | GFLOP/s | % peak "
           "| matmuls alone ms | x plain (wall) | x plain (CPU) | matmuls alone x plain |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
