@@ -12,7 +12,7 @@ export OMP_NUM_THREADS ?= 2
 # (5.4 vs 9.1 steps/s); on a machine shared with other jobs, `make demo OMP_WAIT_POLICY=PASSIVE` is the robust pick.
 test test-all: export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup test test-all demo eta-demo bench clean-demo
+.PHONY: setup test test-all test-gpu demo eta-demo bench clean-demo
 
 setup: $(STAMP)
 
@@ -28,6 +28,9 @@ test: setup
 
 test-all: setup
 	$(BIN)/python -m pytest -q -m "not gpu"
+
+test-gpu: setup
+	$(BIN)/python -m pytest -q -m gpu
 
 demo: setup
 	$(BIN)/gnnsim-data data=cylinder_demo
