@@ -80,8 +80,11 @@ def test_normalizer_stops_at_its_cap_without_reading_the_count():
 def test_one_hot_and_masked_mse_values():
     node_type = torch.tensor([NodeType.NORMAL, NodeType.WALL_BOUNDARY, NodeType.OUTFLOW], dtype=torch.int32)
     torch.testing.assert_close(node_type_one_hot(node_type), torch.eye(int(NodeType.SIZE))[[0, 6, 5]])
-    pred = torch.tensor([[1.0, 2.0], [0.0, 0.0], [float("nan"), 0.0]])  # the unmasked NaN row must not leak
-    target = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
+    pred = torch.tensor([[1.0, 2.0], [0.0, 0.0], [float("nan"), 0.0]], requires_grad=True)
+    target = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.0, float("nan")]])  # the unmasked NaN row must not leak
     mask = torch.tensor([True, True, False])
-    assert masked_mse(pred, target, mask).item() == (5.0 + 2.0) / 2
+    loss = masked_mse(pred, target, mask)
+    assert loss.item() == (5.0 + 2.0) / 2
+    loss.backward()  # d/dpred of sum |pred - target|^2 / 2 rows, zero on the unmasked row
+    torch.testing.assert_close(pred.grad, torch.tensor([[1.0, 2.0], [-1.0, -1.0], [0.0, 0.0]]))
     assert masked_mse(pred, target, torch.zeros(3, dtype=torch.bool)).item() == 0.0  # no row: 0, not NaN

@@ -26,10 +26,12 @@ def node_type_one_hot(node_type: Tensor) -> Tensor:
 def masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     """Mean over masked rows of the squared error summed over features (DeepMind's MeshGraphNets loss).
 
-    Computed without reading ``mask`` back to the host (no GPU sync); unmasked rows never enter, NaN or not. An
-    empty mask gives 0 (no gradient), not NaN, which would reach the weights before any check could see it.
+    Computed without reading ``mask`` back to the host (no GPU sync); unmasked rows never enter, NaN or not, in
+    the value or the gradient (they are zeroed before squaring). An empty mask gives 0 (no gradient), not NaN,
+    which would reach the weights before any check could see it.
     """
-    return torch.where(mask, (pred - target).square().sum(-1), 0.0).sum() / mask.sum().clamp(min=1)
+    err = torch.where(mask.unsqueeze(-1), pred - target, 0.0)
+    return err.square().sum() / mask.sum().clamp(min=1)
 
 
 class Simulator(nn.Module):

@@ -24,7 +24,7 @@ def masked_mean_square(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
 
     No host sync (as ``masked_mse``): a batch with no observed target gives 0 (no gradient), not NaN.
     """
-    return torch.where(mask, (pred - target).square(), 0.0).sum() / mask.sum().clamp(min=1)
+    return torch.where(mask, pred - target, 0.0).square().sum() / mask.sum().clamp(min=1)
 
 
 def local_node_ids(graph_id: Tensor) -> Tensor:
