@@ -15,7 +15,9 @@ A training step is ``sim.loss`` (normalisers, noise, features, model, masked MSE
 inference step is one ``sim.step`` (what a rollout does per frame) under ``torch.no_grad``. Variants are timed
 alternately, ``--reps`` times each after warm-up steps; ``step_s`` is the median wall-clock time, ``cpu_s`` the
 median process CPU time (all threads), the fairer figure on a shared machine, and page faults the median minor
-faults per step (memory the allocator took fresh from the kernel: a cost that varies from run to run).
+faults per step (memory the allocator took fresh from the kernel). Like gnnsim's commands, the bench has glibc
+keep freed memory (``gnnsim.cli.common.keep_freed_memory``; set any ``MALLOC_*`` variable, e.g.
+``MALLOC_PERTURB_=0``, to time glibc's defaults).
 
 FLOPs are those of the matmuls the step actually runs (every Linear, forward and backward), recorded with a
 ``TorchDispatchMode``, 2 per multiply-add. "matmuls alone" replays the recorded matmuls (same shapes, operand
@@ -43,6 +45,7 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from gnnsim.cli.common import keep_freed_memory
 from gnnsim.files import write_text_atomic
 from gnnsim.graph import NodeType, cells_to_edges
 from gnnsim.nn.encode_process_decode import ModelConfig
@@ -204,6 +207,7 @@ def main() -> None:
     parser.add_argument("--amp", action="store_true", help="run the steps under bfloat16 autocast")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
+    keep_freed_memory()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     batch = {k: v.to(device) for k, v in channel_batch().items()}

@@ -182,16 +182,16 @@ def train(
     opt = torch.optim.Adam(sim.parameters(), lr=learning_rate(0, cfg), fused=device.type == "cuda")
 
     # 1. Start fresh or resume exactly where the last checkpoint left off (from any number of processes).
-    step = 0
+    step, loss_value = 0, float("nan")
     if ckpt_path.exists():
         payload = load_checkpoint(ckpt_path)
         if payload["simulator"] != sim.spec():
             raise ValueError(f"{ckpt_path}: checkpoint was made by a different model/simulator config; use a new run name")
         sim.load_state_dict(payload["state_dict"])
         opt.load_state_dict(payload["optimizer"])
-        step = int(payload["step"])
-    if step >= cfg.steps:
-        return {"step": step, "loss": float("nan"), "checkpoint": str(ckpt_path)}
+        step, loss_value = int(payload["step"]), float(payload["loss"])
+    if step >= cfg.steps:  # already trained this far: report the checkpoint's loss
+        return {"step": step, "loss": loss_value, "checkpoint": str(ckpt_path)}
 
     def checkpoint(loss: float) -> None:
         save_checkpoint(
@@ -231,7 +231,6 @@ def train(
         total=cfg.steps, initial=step, desc="train", unit="step", disable=not (progress and main), dynamic_ncols=True
     )
     loss_sum, loss_n, t_last, step_last = torch.zeros((), device=device), 0, time.perf_counter(), step
-    loss_value = float("nan")
     try:
         for batch in loader:
             batch = to_device(batch, device)

@@ -1,5 +1,7 @@
-"""Every command's config composes with every experiment, and the installed commands work from any cwd."""
+"""Every command's config composes with every experiment, the installed commands work from any cwd, and
+commands keep freed memory."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -59,3 +61,37 @@ def test_bad_override_and_missing_data_are_one_line_errors(tmp_path):
                          cwd=tmp_path, capture_output=True, text=True)
     assert run.returncode == 2
     assert run.stderr.strip().splitlines()[-1].startswith("error: ") and "nothing/train.h5" in run.stderr
+
+
+ROUNDS = """
+import resource, torch
+from gnnsim.cli.common import keep_freed_memory
+applied = keep_freed_memory()
+def rounds(n):
+    for _ in range(n):
+        tensors = [torch.empty(6 << 18).fill_(1.0) for _ in range(8)]  # 8 x 6 MiB, then all freed
+        del tensors
+rounds(2)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+rounds(10)
+print(applied, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 10)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc")
+def test_keep_freed_memory_stops_page_faults_of_repeated_allocations():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+
+    def run(**malloc_env: str) -> tuple[bool, int]:
+        out = subprocess.run([sys.executable, "-c", ROUNDS], env={**env, **malloc_env}, capture_output=True,
+                             text=True, check=True)
+        applied, faults = out.stdout.split()
+        return applied == "True", int(faults)
+
+    pages = 8 * 6 * 256  # 4 KiB pages a round touches
+    applied, faults = run()
+    assert applied and faults < pages / 10, faults  # the same pages again every round
+    # The user's own MALLOC_* settings win. With glibc's initial thresholds held fixed (its defaults adapt
+    # with the heap's layout, so their faults vary from run to run), every 6 MiB tensor is fresh pages again.
+    applied, faults = run(MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
+    assert not applied and faults >= pages, faults

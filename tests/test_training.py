@@ -53,6 +53,12 @@ def test_checkpoint_rebuilds_the_same_simulator(tmp_path):
     rebuilt = simulator_from_checkpoint(payload)
     for (k, a), b in zip(sim.state_dict().items(), rebuilt.state_dict().values()):
         assert torch.equal(a.cpu(), b), k
+    # The same command again has nothing left to do: it reports the checkpoint's step and loss, changes
+    # nothing.
+    again = train(sim, FrameDataset(path, 2, sim.fields), TrainConfig(steps=4, warmup_steps=1, batch_size=1),
+                  tmp_path / "r", progress=False)
+    assert again["step"] == 4 and again["loss"] == payload["loss"] and np.isfinite(again["loss"])
+    assert load_checkpoint(tmp_path / "r" / "checkpoint.pt")["step"] == 4
 
 
 def test_corrupt_checkpoint_is_one_line_error(tmp_path):
