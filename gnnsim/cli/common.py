@@ -66,7 +66,8 @@ def keep_freed_memory() -> bool:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
         return False
-    return all(mallopt(param, value) == 1 for param, value in KEEP_FREED.items())
+    applied = [mallopt(param, value) == 1 for param, value in KEEP_FREED.items()]  # each one, even if one fails
+    return all(applied)
 
 
 def command(fn: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
