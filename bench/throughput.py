@@ -158,7 +158,7 @@ def make_step(sim: FlowSimulator, batch: dict[str, torch.Tensor], mode: str, amp
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=amp)
     if mode == "train":
         sim.train()
-        opt = torch.optim.Adam(sim.parameters(), lr=1e-5, fused=device.type == "cuda")
+        opt = torch.optim.Adam(sim.parameters(), lr=1e-5, fused=True)  # as gnnsim-train
 
         def step() -> None:
             opt.zero_grad(set_to_none=True)

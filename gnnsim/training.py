@@ -179,7 +179,7 @@ def train(
     device = resolve_device(cfg.device)
     amp_dtype = autocast_dtype(cfg.amp, device)
     sim.to(device).train()
-    opt = torch.optim.Adam(sim.parameters(), lr=learning_rate(0, cfg), fused=device.type == "cuda")
+    opt = torch.optim.Adam(sim.parameters(), lr=learning_rate(0, cfg), fused=True)  # one kernel, CPU too
 
     # 1. Start fresh or resume exactly where the last checkpoint left off (from any number of processes).
     step, loss_value = 0, float("nan")
