@@ -7,8 +7,10 @@ variants with the same weights:
 
 - plain: ``fused=False``, the textbook block: ``cat([x_s, x_r, e])`` + Linear, ``cat([v, sum e'])`` + Linear,
   ``index_add_`` for the sum over incoming edges;
-- optimised: ``fused=True``: no concatenation, node latents projected once per node and gathered per edge, the
-  MLPs run tile by tile on CPU with a hand-written backward (``gnnsim.nn.blocks.TiledMLP``);
+- optimised: ``fused=True``: no concatenation, node latents projected once per node and gathered per edge; on
+  a CPU with AVX-512 each processor MLP runs, forward and backward, as one call of the fused kernel
+  (``gnnsim.nn.cpu_kernel``), elsewhere (or with ``--no-kernel``) tile by tile in PyTorch ops
+  (``gnnsim.nn.blocks.TiledMLP``);
 - compiled (``--compile``): the optimised model under ``torch.compile`` (minutes to compile on 2 cores).
 
 A training step is ``sim.loss`` (normalisers, noise, features, model, masked MSE) + backward + Adam step; an
@@ -20,7 +22,8 @@ keep freed memory (``gnnsim.cli.common.keep_freed_memory``; set any ``MALLOC_*``
 ``MALLOC_PERTURB_=0``, to time glibc's defaults).
 
 FLOPs are those of the matmuls the step actually runs (every Linear, forward and backward), recorded with a
-``TorchDispatchMode``, 2 per multiply-add. "matmuls alone" replays the recorded matmuls (same shapes, operand
+``TorchDispatchMode``, 2 per multiply-add (under a dispatch mode the optimised step runs in PyTorch ops, which
+compute the same products as the kernel). "matmuls alone" replays the recorded matmuls (same shapes, operand
 layouts and order) with nothing between them: the time a step would take if everything else were free, so
 "matmuls alone x plain" is the floor under the variant's "x plain" ratio at this machine's matmul speed. The
 peak is the best GFLOP/s of a 2048 x 2048 float32 matmul (bfloat16 with ``--amp``; 8192 x 8192 on a GPU),
@@ -48,6 +51,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from gnnsim.cli.common import keep_freed_memory
 from gnnsim.files import write_text_atomic
 from gnnsim.graph import NodeType, cells_to_edges
+from gnnsim.nn import cpu_kernel
 from gnnsim.nn.encode_process_decode import ModelConfig
 from gnnsim.simulators.flow import FlowSimulator
 
@@ -97,8 +101,8 @@ class MatmulRecorder(TorchDispatchMode):
 
 def record_matmuls(step) -> list:
     """Run ``step`` once; return the (shape, strides) of both operands and the dtype of each matmul it ran."""
-    with MatmulRecorder() as recorder:
-        step()
+    with MatmulRecorder() as recorder:  # under a dispatch mode the optimised step runs in PyTorch ops: the same
+        step()  # products as the fused CPU kernel's
     return recorder.calls
 
 
@@ -205,8 +209,11 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time the optimised model under torch.compile")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda[:i] (then --threads only sets host threads)")
     parser.add_argument("--amp", action="store_true", help="run the steps under bfloat16 autocast")
+    parser.add_argument("--no-kernel", action="store_true", help="run the optimised step in PyTorch ops only")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
+    if args.no_kernel:
+        os.environ["GNNSIM_CPU_KERNEL"] = "0"
     keep_freed_memory()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -243,6 +250,8 @@ def main() -> None:
     peak = max(peak, peak_gflops(device, peak_dtype))
 
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
+    if device.type == "cpu" and not args.amp:
+        where += ", fused CPU kernel" if cpu_kernel.library() is not None else ", PyTorch ops (no fused CPU kernel)"
     print(f"graph: {num_nodes} nodes, {num_edges} directed edges; latent 128, 15 blocks; "
           f"torch {torch.__version__}, {where}{', bf16 autocast' if args.amp else ''}; "
           f"load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}")

@@ -9,7 +9,9 @@ Two implementations of one function, chosen by ``fused``:
   projections gathered per edge. On CPU the MLPs then run tile by tile over rows, forward and backward
   (``TiledMLP``), with the residual and the sum over incoming edges taken on each tile: ReLUs in place, no
   concatenation or gather copies, inference tiles in reused buffers, gradients of the gathers summed by
-  ``index_add_`` (not ``index_put_``), only the tensors the backward pass reads written out.
+  ``index_add_`` (not ``index_put_``), only the tensors the backward pass reads written out. Where the fused CPU
+  kernel runs (float32, AVX-512, widths that are multiples of 32: ``gnnsim.nn.cpu_kernel``), each MLP is one
+  kernel call forward and one backward instead, saving the same tensors.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gnnsim.nn import cpu_kernel
 from gnnsim.nn.mlp import MLP
 
 Topology = dict[str, tuple[Tensor, Tensor]]  # edge set name -> (senders [E], receivers [E])
@@ -166,22 +169,31 @@ def _tiled_forward(layout, num_nodes, table, index, receivers, tensors, save):
 
     With ``save``, every post-ReLU activation, the LayerNorm input and its mean and rstd are written to
     full-size buffers (what autograd would keep); without it, each layer writes one tile-sized buffer, reused
-    by every tile (it stays in cache).
+    by every tile (it stays in cache). The fused CPU kernel, where it runs, does all of it in one call.
     """
     xs, ws, b0, layers, norm = layout.unpack(tensors)
     rows, last = xs[0].shape[0], len(layers)
     widths = _widths(ws, layers)
+    acts = pre_norm = mean = rstd = None
+    if save:
+        acts = [xs[0].new_empty(rows, w) for w in widths[:-1]]  # post-ReLU, [R, H_k]
+        if norm is not None:
+            pre_norm = xs[0].new_empty(rows, widths[-1])
+            mean, rstd = xs[0].new_empty(rows, 1), xs[0].new_empty(rows, 1)
+    kernel_tensors = [*xs, *ws, *([] if table is None else [table])]
+    fits = cpu_kernel.supports(kernel_tensors, widths, num_nodes if layout.scatter else 0)
+    if fits and not (layout.residual and xs[0].shape[1] != widths[-1]):
+        outputs = cpu_kernel.mlp_forward(
+            xs, ws, b0, layers, None if norm is None else (*norm, layout.eps), table, index, layout.residual,
+            receivers, num_nodes, (acts, pre_norm, mean, rstd) if save else None,
+        )
+        return outputs, (acts, pre_norm, mean, rstd) if save else None
+    out = xs[0].new_empty(rows, widths[-1])
     tile = _tile_rows(widths)
     w_ts = [w.T.contiguous() for w in ws]  # [F_k, H]: the GEMMs run faster on row-major right operands
     layer_ts = [(w.T.contiguous(), b) for w, b in layers]
-    out = xs[0].new_empty(rows, widths[-1])
     incoming = out.new_zeros(num_nodes, widths[-1]) if layout.scatter else None
-    acts = pre_norm = mean = rstd = None
-    if save:
-        acts = [out.new_empty(rows, w) for w in widths[:-1]]  # post-ReLU, [R, H_k]
-        if norm is not None:
-            pre_norm, mean, rstd = out.new_empty(out.shape), out.new_empty(rows, 1), out.new_empty(rows, 1)
-    else:  # one tile per layer (the first is unused with a table: embedding_bag allocates the tile)
+    if not save:  # one tile per layer (the first is unused with a table: embedding_bag allocates the tile)
         scratch = [out.new_empty(min(tile, rows), w) for w in widths]
     for start in range(0, rows, tile):
         sl = slice(start, min(start + tile, rows))
@@ -222,7 +234,8 @@ class TiledMLP(torch.autograd.Function):
 
     Arguments are ``(layout, num_nodes, table, index, receivers, *tensors)`` as ``_Layout`` describes; returns
     ``out``, or ``(out, incoming)`` with ``layout.scatter``. The backward pass walks the same tiles through
-    the layers in reverse, accumulating weight gradients with ``addmm_`` and the table's with ``index_add_``.
+    the layers in reverse, accumulating weight gradients with ``addmm_`` and the table's with ``index_add_``
+    (or, where it runs, is one call of the fused CPU kernel's backward).
     """
 
     @staticmethod
@@ -247,15 +260,24 @@ class TiledMLP(torch.autograd.Function):
         xs, ws, b0, layers, norm = layout.unpack(tensors)
 
         grad_out = grad_out.contiguous()
-        g_table = grad_out.new_zeros(ctx.table_shape) if ctx.table_shape is not None and needs[2] else None
         needs_x = needs[5 : 5 + layout.num_inputs]
+        widths = _widths(ws, layers)
+        table_rows = ctx.table_shape[0] if ctx.table_shape is not None and needs[2] else 0
+        if cpu_kernel.supports([*xs, *ws], widths, table_rows) and all(x.shape[1] % 32 == 0 for x in xs):
+            g_xs, g_ws, g_b0, g_layers, g_norm, g_table = cpu_kernel.mlp_backward(
+                xs, ws, b0, layers, norm, (acts, pre_norm, mean, rstd), grad_out, needs_x, table_rows or None,
+                index, layout.residual, receivers, grad_incoming,
+            )
+            grads = [*g_xs, *g_ws, *([] if g_b0 is None else [g_b0]), *(g for pair in g_layers for g in pair)]
+            return (None, None, g_table, None, None, *grads, *(g_norm or ()))
+        g_table = grad_out.new_zeros(ctx.table_shape) if ctx.table_shape is not None and needs[2] else None
         g_xs = [x.new_empty(x.shape) if need else None for x, need in zip(xs, needs_x)]
         g_ws = [torch.zeros_like(w) for w in ws]
         g_b0 = [] if b0 is None else [torch.zeros_like(b0)]
         g_layers = [(torch.zeros_like(w), torch.zeros_like(b)) for w, b in layers]
         g_norm = () if norm is None else (torch.zeros_like(norm[0]), torch.zeros_like(norm[1]))
         rows = grad_out.shape[0]
-        tile = _tile_rows(_widths(ws, layers))
+        tile = _tile_rows(widths)
         for start in range(0, rows, tile):
             sl = slice(start, min(start + tile, rows))
             g = grad_out[sl]  # d loss / d MLP output, then walked back through the layers

@@ -1,0 +1,244 @@
+"""The fused CPU MLP kernel (``fused_mlp.c``): built on first use with the system's C compiler, called by ctypes.
+
+One call runs a whole MeshGraphNets MLP over all rows, blocks of 12 rows at a time with every activation in L1:
+the split first Linear with its gather, ReLUs, later Linears, LayerNorm, residual and the sum into receivers.
+On the bench graph it runs an edge MLP at ~95 % of the CPU's float32 FMA peak, where the tiled PyTorch path
+(``gnnsim.nn.blocks``) runs ~75 % (``docs/benchmarks.md``).
+
+It is used for float32 on CPUs with AVX-512 (``torch.backends.cpu.get_cpu_capability()``), when layer widths
+are multiples of 32, outside ``TorchDispatchMode``s (a FLOP counter sees the PyTorch path's matmuls, the same
+products), and while the threads' private sums (into receivers forward, into the gathered table backward) fit
+in ``THREAD_BUFFERS`` bytes. The library is compiled with ``-march=native`` into ``$GNNSIM_CACHE`` (default
+``~/.cache/gnnsim``) under a name keyed by the source, the flags and the CPU, so a home folder shared by
+different machines keeps one build per CPU. Without a compiler (``$CC``, default ``cc``), or with
+``GNNSIM_CPU_KERNEL=0``, gnnsim warns once and runs the PyTorch path: the same function to float tolerance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shlex
+import subprocess
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
+
+SOURCE = Path(__file__).with_name("fused_mlp.c")
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11")
+THREAD_BUFFERS = 1 << 28  # bytes: per-thread sums into receivers (forward) and into the table (backward)
+_P, _I64, _I32, _F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_float
+_FORWARD = [  # gnnsim_mlp_forward's arguments, as grouped in fused_mlp.c
+    _I64, _I64, _I32, _P, _P, _P, _P, _P, _P, _P, _I32, _I32, _P, _P, _P, _P, _F32, _P, _P, _P, _P, _I64, _I32,
+    _P, _P, _P, _P,
+]
+_BACKWARD = [  # gnnsim_mlp_backward's
+    _I64, _I64, _I32, _P, _P, _P, _P, _P, _I32, _P, _I64, _I32, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I32, _P, _P,
+    _P, _P, _P, _P, _I32,
+]
+
+
+def _cpu_key() -> str:
+    """Return what ``-march=native`` depends on: the CPU's model and feature flags."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor()
+    wanted = [line for line in lines if line.startswith(("model name", "flags"))]
+    return "\n".join(dict.fromkeys(wanted))
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """Return the compiled kernel, building it if needed; None (after one warning) where it cannot run."""
+    if os.environ.get("GNNSIM_CPU_KERNEL", "1") == "0":
+        return None
+    if torch.backends.cpu.get_cpu_capability() != "AVX512":
+        return None
+    cc = os.environ.get("CC", "cc")
+    key = hashlib.sha256("\n".join([SOURCE.read_text(), cc, *FLAGS, _cpu_key()]).encode()).hexdigest()[:16]
+    path = Path(os.environ.get("GNNSIM_CACHE", Path.home() / ".cache" / "gnnsim")) / f"fused_mlp-{key}.so"
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # processes may build at once: each its own
+    cmd = [*shlex.split(cc), *FLAGS, str(SOURCE), "-o", str(tmp)]
+    try:
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run(cmd, check=True, capture_output=True, text=True)
+            os.replace(tmp, path)
+        lib = ctypes.CDLL(str(path))  # its libgomp.so.1 resolves to the one torch has loaded: one thread pool
+    except (OSError, subprocess.CalledProcessError) as err:
+        detail = (getattr(err, "stderr", "") or str(err)).strip().replace("\n", " ")[:300]
+        warnings.warn(
+            f"gnnsim: no fused CPU kernel ({shlex.join(cmd)}: {detail}); running the slower PyTorch path "
+            "(GNNSIM_CPU_KERNEL=0 silences this)",
+            stacklevel=2,
+        )
+        return None
+    finally:
+        tmp.unlink(missing_ok=True)
+    lib.gnnsim_mlp_forward.argtypes = _FORWARD
+    lib.gnnsim_mlp_backward.argtypes = _BACKWARD
+    lib.gnnsim_mlp_forward.restype = lib.gnnsim_mlp_backward.restype = ctypes.c_int
+    return lib
+
+
+_disabled = False
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Run the PyTorch path inside the block (tests compare the two; the bench counts the matmuls there)."""
+    global _disabled
+    before, _disabled = _disabled, True
+    try:
+        yield
+    finally:
+        _disabled = before
+
+
+def supports(tensors: Sequence[Tensor], widths: Sequence[int], per_thread_rows: int = 0) -> bool:
+    """Whether the kernel can run an MLP on these tensors with these Linear output widths, each thread summing
+    into ``per_thread_rows`` rows of its own (at most ``THREAD_BUFFERS`` bytes for all threads together)."""
+    return (
+        not _disabled
+        and not is_in_torch_dispatch_mode()  # a mode (FLOP counter, profiler's recorder) wants to see the ops
+        and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
+        and len(set(widths)) == 1
+        and widths[0] % 32 == 0
+        and torch.get_num_threads() * per_thread_rows * widths[0] * 4 <= THREAD_BUFFERS
+        and library() is not None
+    )
+
+
+def _pointers(tensors: Sequence[Tensor]) -> ctypes.Array:
+    return (ctypes.c_void_p * len(tensors))(*(t.data_ptr() for t in tensors))
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _int64s(values) -> ctypes.Array:
+    values = list(values)
+    return (ctypes.c_int64 * len(values))(*values)
+
+
+def _rows(w: Tensor) -> Tensor:
+    """``w`` (a weight or a block of its columns) with unit column stride, as the kernel reads it."""
+    return w if w.stride(1) == 1 else w.contiguous()
+
+
+def mlp_forward(
+    inputs: Sequence[Tensor],
+    first_weights: Sequence[Tensor],
+    first_bias: Tensor | None,
+    layers: Sequence[tuple[Tensor, Tensor]],
+    norm: tuple[Tensor, Tensor, float] | None,
+    table: Tensor | None = None,
+    index: Tensor | None = None,
+    residual: bool = False,
+    receivers: Tensor | None = None,
+    num_nodes: int = 0,
+    saved: tuple[list[Tensor], Tensor | None, Tensor | None, Tensor | None] | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """Run the MLP ``fused_mlp`` describes with the kernel; return ``(out, incoming or None)``.
+
+    ``first_weights`` are the first Linear's [H, K_i] column blocks, ``layers`` the later (weight, bias)s,
+    ``norm`` (weight, bias, eps) or None. With ``saved = (acts, pre_norm, mean, rstd)`` (preallocated, as
+    ``TiledMLP`` keeps them), the post-ReLU activations and the LayerNorm's input and statistics are written too.
+    Index tensors are checked against the table and node count here: the kernel trusts them.
+    """
+    lib = library()
+    rows, width = inputs[0].shape[0], first_weights[0].shape[0]
+    threads = torch.get_num_threads()
+    xs = [x.contiguous() for x in inputs]
+    ws = [_rows(w) for w in first_weights]
+    layer_ws, layer_bs = [w.contiguous() for w, _ in layers], [b.contiguous() for _, b in layers]
+    if table is not None:
+        table, index = table.contiguous(), index.contiguous()
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= table.shape[0]):
+            raise IndexError(f"index out of range for a table of {table.shape[0]} rows")
+    incoming = None
+    if receivers is not None:
+        receivers = receivers.contiguous()
+        if receivers.numel() and (int(receivers.min()) < 0 or int(receivers.max()) >= num_nodes):
+            raise IndexError(f"receivers out of range for {num_nodes} nodes")
+        incoming = xs[0].new_empty(num_nodes, width)
+    out = xs[0].new_empty(rows, width)
+    acts, pre_norm, mean, rstd = saved if saved is not None else ([], None, None, None)
+    status = lib.gnnsim_mlp_forward(
+        rows, width, len(xs), _pointers(xs), _int64s(x.shape[1] for x in xs), _pointers(ws),
+        _int64s(w.stride(0) for w in ws), _ptr(first_bias), _ptr(table), _ptr(index),
+        0 if index is None else index.shape[1], len(layers), _pointers(layer_ws), _pointers(layer_bs),
+        *((None, None, 0.0) if norm is None else (norm[0].data_ptr(), norm[1].data_ptr(), norm[2])),
+        _ptr(xs[0]) if residual else None, out.data_ptr(), _ptr(receivers), _ptr(incoming), num_nodes, threads,
+        _pointers(acts) if saved is not None else None, _ptr(pre_norm), _ptr(mean), _ptr(rstd),
+    )
+    if status:
+        raise ValueError(f"fused CPU kernel refused width {width} with {len(xs)} inputs")
+    return out, incoming
+
+
+def mlp_backward(
+    inputs: Sequence[Tensor],
+    first_weights: Sequence[Tensor],
+    first_bias: Tensor | None,
+    layers: Sequence[tuple[Tensor, Tensor]],
+    norm: tuple[Tensor, Tensor] | None,
+    saved: tuple[Sequence[Tensor], Tensor | None, Tensor | None, Tensor | None],
+    grad_out: Tensor,
+    needs_inputs: Sequence[bool],
+    table_rows: int | None = None,
+    index: Tensor | None = None,
+    residual: bool = False,
+    receivers: Tensor | None = None,
+    grad_incoming: Tensor | None = None,
+) -> tuple[list[Tensor | None], list[Tensor], Tensor | None, list[tuple[Tensor, Tensor]], tuple | None, Tensor | None]:
+    """The backward pass of ``mlp_forward`` from what it saved; return the gradients of the inputs (None where
+    ``needs_inputs`` is False), of the first Linear's column blocks and bias, of the later (weight, bias)s, of the
+    LayerNorm's (weight, bias) and of the gathered table (with ``table_rows``)."""
+    lib = library()
+    acts, pre_norm, mean, rstd = saved
+    rows, width = grad_out.shape[0], first_weights[0].shape[0]
+    threads = torch.get_num_threads()
+    xs = [x.contiguous() for x in inputs]
+    ws = [_rows(w) for w in first_weights]  # [H, K_i]
+    new = functools.partial(grad_out.new_zeros)
+    g_xs = [x.new_empty(x.shape) if need else None for x, need in zip(xs, needs_inputs)]
+    g_w1 = new(threads, sum(w.numel() for w in ws))
+    g_b1 = None if first_bias is None else new(threads, width)
+    g_ws, g_bs = new(threads, len(layers), width, width), new(threads, len(layers), width)
+    g_norm = None if norm is None else new(threads, 2, width)
+    g_table = None if table_rows is None else new(threads, table_rows, width)
+    layer_ws, grad_out = [w.contiguous() for w, _ in layers], grad_out.contiguous()  # referenced: pointers below
+    if grad_incoming is not None:
+        grad_incoming = grad_incoming.contiguous()
+    status = lib.gnnsim_mlp_backward(
+        rows, width, len(xs), _pointers(xs), _int64s(x.shape[1] for x in xs), _pointers(ws),
+        _int64s(w.stride(0) for w in ws), _ptr(index), 0 if index is None else index.shape[1], _ptr(g_table), table_rows or 0,
+        len(layers), _pointers(layer_ws),
+        *((None,) * 4 if norm is None else (norm[0].data_ptr(), pre_norm.data_ptr(), mean.data_ptr(), rstd.data_ptr())),
+        _pointers(acts), grad_out.data_ptr(), _ptr(receivers), _ptr(grad_incoming), int(residual),
+        (ctypes.c_void_p * len(xs))(*(None if g is None else g.data_ptr() for g in g_xs)),
+        g_w1.data_ptr(), _ptr(g_b1), g_ws.data_ptr(), g_bs.data_ptr(), _ptr(g_norm), threads,
+    )
+    if status:
+        raise (MemoryError if status == 2 else ValueError)(f"fused CPU kernel's backward failed (status {status})")
+    g_w1 = g_w1.sum(0).split([w.numel() for w in ws])
+    g_ws, g_bs = g_ws.sum(0), g_bs.sum(0)
+    return (
+        g_xs,
+        [g.view(w.shape) for g, w in zip(g_w1, ws)],
+        None if g_b1 is None else g_b1.sum(0),
+        [(g_ws[k], g_bs[k]) for k in range(len(layers))],
+        None if g_norm is None else tuple(g_norm.sum(0)),
+        None if g_table is None else g_table.sum(0),
+    )

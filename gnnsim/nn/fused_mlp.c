@@ -1,0 +1,419 @@
+// A MeshGraphNets MLP, forward, in one pass over rows: split first Linear (with an optional gather-sum of table
+// rows), ReLU, later Linears, optional LayerNorm, residual and sum into receivers. Float32, AVX-512.
+//
+// Rows go in blocks of RB = 12. For each block, each Linear runs as H / 32 panels of 32 output columns: the
+// 12 x 32 panel's 24 accumulators stay in registers while the inner loop broadcasts one input value per row
+// and multiplies it with one 32-wide row of the (k-major) weight. The block's activations never leave a
+// 12 x H stack buffer (L1), and the LayerNorm, residual and scatter read the last one straight from there.
+// Blocks are split statically over OpenMP threads; each thread sums into its own [num_nodes, H] buffer (the
+// first thread into ``incoming``), and the others' are then added into it. Built and called by gnnsim/nn/cpu_kernel.py.
+#include <immintrin.h>
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define RB 12
+
+typedef struct {
+    __m512 v[RB][2];
+} Acc;
+
+static inline __attribute__((always_inline)) void acc_fill(Acc *acc, const float *bias) {
+    __m512 b0 = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
+    __m512 b1 = bias ? _mm512_loadu_ps(bias + 16) : _mm512_setzero_ps();
+    for (int r = 0; r < RB; r++) {
+        acc->v[r][0] = b0;
+        acc->v[r][1] = b1;
+    }
+}
+
+// acc[r] += a_rows[r][0:k] @ w[0:k, 0:32] (w's rows ldw apart)
+static inline __attribute__((always_inline)) void acc_gemm(Acc *acc, const float *const *a_rows, int64_t k_len,
+                                                           const float *w, int64_t ldw) {
+    for (int64_t k = 0; k < k_len; k++) {
+        __m512 w0 = _mm512_loadu_ps(w + k * ldw), w1 = _mm512_loadu_ps(w + k * ldw + 16);
+#pragma GCC unroll 12
+        for (int r = 0; r < RB; r++) {
+            __m512 a = _mm512_set1_ps(a_rows[r][k]);
+            acc->v[r][0] = _mm512_fmadd_ps(a, w0, acc->v[r][0]);
+            acc->v[r][1] = _mm512_fmadd_ps(a, w1, acc->v[r][1]);
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void acc_store(const Acc *acc, float *dst, int64_t ld, int relu) {
+    __m512 z = _mm512_setzero_ps();
+    for (int r = 0; r < RB; r++) {
+        __m512 v0 = acc->v[r][0], v1 = acc->v[r][1];
+        if (relu) {
+            v0 = _mm512_max_ps(v0, z);
+            v1 = _mm512_max_ps(v1, z);
+        }
+        _mm512_storeu_ps(dst + r * ld, v0);
+        _mm512_storeu_ps(dst + r * ld + 16, v1);
+    }
+}
+
+// The backward pass's product: for rows c_rows[r] (r < n_rows, the rest padding), over all ``cols`` columns
+// (a multiple of 32): c_rows[r] = init_rows[r] (or 0 when init_rows is NULL) + a_rows[r][0:k] @ w[0:k, :].
+static void rows_gemm(const float *const *a_rows, int64_t k_len, const float *w, int64_t ldw, int64_t cols,
+                      const float *const *init_rows, float *const *c_rows, int n_rows) {
+    for (int64_t p = 0; p < cols / 32; p++) {
+        Acc acc;
+        for (int r = 0; r < RB; r++) {
+            acc.v[r][0] = init_rows ? _mm512_loadu_ps(init_rows[r] + p * 32) : _mm512_setzero_ps();
+            acc.v[r][1] = init_rows ? _mm512_loadu_ps(init_rows[r] + p * 32 + 16) : _mm512_setzero_ps();
+        }
+        acc_gemm(&acc, a_rows, k_len, w + p * 32, ldw);
+        for (int r = 0; r < n_rows; r++) {
+            _mm512_storeu_ps(c_rows[r] + p * 32, acc.v[r][0]);
+            _mm512_storeu_ps(c_rows[r] + p * 32 + 16, acc.v[r][1]);
+        }
+    }
+}
+
+// dst[0:n] = src[0:n] (n a multiple of 16) for a backward pass much later: past the caches when dst is aligned
+static inline void save(float *dst, const float *src, int64_t n) {
+    if ((uintptr_t)dst % 64 == 0)
+        for (int64_t c = 0; c < n; c += 16) _mm512_stream_ps(dst + c, _mm512_loadu_ps(src + c));
+    else
+        memcpy(dst, src, n * sizeof(float));
+}
+
+// The calling thread's scratch memory, kept between calls (a fresh large block per call would cost page faults)
+static void *scratch(size_t bytes) {
+    static _Thread_local void *block = NULL;
+    static _Thread_local size_t capacity = 0;
+    if (bytes > capacity) {
+        free(block);
+        block = malloc(bytes);
+        capacity = block ? bytes : 0;
+    }
+    return block;
+}
+
+// Returns 0, or 1 when the arguments are out of the kernel's range (the caller checks them first).
+int gnnsim_mlp_forward(
+    int64_t rows, int64_t width,                                    // R, H (H % 32 == 0)
+    int32_t num_inputs, const float *const *inputs, const int64_t *in_widths,  // inputs[i]: [R, K_i]
+    const float *const *first_weights, const int64_t *first_ld,     // [H, K_i] each, rows first_ld[i] apart
+    const float *first_bias,                                        // [H] or NULL
+    const float *table, const int64_t *index, int32_t index_cols,   // gather-sum table[index[row, :]] or NULL
+    int32_t num_layers, const float *const *weights, const float *const *biases,  // later Linears: [H, H], [H]
+    const float *norm_weight, const float *norm_bias, float eps,    // LayerNorm, or NULL weight: none
+    const float *residual,                                          // [R, H] added to the output, or NULL
+    float *out,                                                     // [R, H]
+    const int64_t *receivers, float *incoming, int64_t num_nodes,   // sum into incoming [N, H] (NULL: no sum)
+    int32_t threads,
+    float *const *acts, float *pre_norm, float *mean, float *rstd)  // saved for a backward pass, or NULL
+{
+    if (width % 32 != 0 || num_inputs < 1 || num_inputs > 8 || threads < 1) return 1;
+    const int64_t h = width, panels = width / 32, blocks = (rows + RB - 1) / RB;
+    // the weights transposed, [K, H]: the panels read one row of 32 output columns per input column
+    int64_t k_total = 0;
+    for (int32_t i = 0; i < num_inputs; i++) k_total += in_widths[i];
+    const int64_t w_size = h * (k_total + (int64_t)num_layers * h), inc_size = incoming ? num_nodes * h : 0;
+    float *wt = scratch(sizeof(float) * (w_size + (threads - 1) * inc_size));  // + other threads' sums
+    if (!wt) return 2;
+    const float *w1t[8], *wlt[num_layers > 0 ? num_layers : 1];
+    w1t[0] = wt;
+    for (int32_t i = 1; i < num_inputs; i++) w1t[i] = w1t[i - 1] + in_widths[i - 1] * h;
+    for (int32_t l = 0; l < num_layers; l++) wlt[l] = wt + (k_total + l * h) * h;
+#pragma omp parallel num_threads(threads)
+    {
+        for (int32_t m = 0; m < num_inputs + num_layers; m++) {
+            const float *src = m < num_inputs ? first_weights[m] : weights[m - num_inputs];
+            const int64_t k = m < num_inputs ? in_widths[m] : h, ld = m < num_inputs ? first_ld[m] : h;
+            float *dst = (float *)(m < num_inputs ? w1t[m] : wlt[m - num_inputs]);
+#pragma omp for schedule(static)
+            for (int64_t j = 0; j < h; j++)
+                for (int64_t c = 0; c < k; c++) dst[c * h + j] = src[j * ld + c];
+        }
+        float buf[2][RB * h];
+        const int t = omp_get_thread_num();
+        float *inc = !incoming ? NULL : t == 0 ? incoming : wt + w_size + (t - 1) * inc_size;
+        if (inc) memset(inc, 0, sizeof(float) * num_nodes * h);
+        const float *a_rows[RB];
+#pragma omp for schedule(static) nowait
+        for (int64_t blk = 0; blk < blocks; blk++) {
+            const int64_t r0 = blk * RB, nr = rows - r0 < RB ? rows - r0 : RB;
+            // first Linear: table rows (or bias) + sum over inputs; a ragged block repeats its last row
+            for (int64_t p = 0; p < panels; p++) {
+                Acc acc;
+                acc_fill(&acc, first_bias ? first_bias + p * 32 : NULL);
+                if (table) {
+                    for (int r = 0; r < RB; r++) {
+                        const int64_t *ix = index + (r0 + (r < nr ? r : nr - 1)) * index_cols;
+                        for (int32_t j = 0; j < index_cols; j++) {
+                            const float *t = table + ix[j] * h + p * 32;
+                            acc.v[r][0] = _mm512_add_ps(acc.v[r][0], _mm512_loadu_ps(t));
+                            acc.v[r][1] = _mm512_add_ps(acc.v[r][1], _mm512_loadu_ps(t + 16));
+                        }
+                    }
+                }
+                for (int32_t i = 0; i < num_inputs; i++) {
+                    for (int r = 0; r < RB; r++) a_rows[r] = inputs[i] + (r0 + (r < nr ? r : nr - 1)) * in_widths[i];
+                    acc_gemm(&acc, a_rows, in_widths[i], w1t[i] + p * 32, h);
+                }
+                acc_store(&acc, buf[0] + p * 32, h, num_layers > 0);
+            }
+            // later Linears, ping-ponging between the two buffers
+            int cur = 0;
+            for (int32_t l = 0; l < num_layers; l++) {
+                if (acts) save(acts[l] + r0 * h, buf[cur], nr * h);
+                for (int r = 0; r < RB; r++) a_rows[r] = buf[cur] + r * h;
+                for (int64_t p = 0; p < panels; p++) {
+                    Acc acc;
+                    acc_fill(&acc, biases[l] + p * 32);
+                    acc_gemm(&acc, a_rows, h, wlt[l] + p * 32, h);
+                    acc_store(&acc, buf[1 - cur] + p * 32, h, l < num_layers - 1);
+                }
+                cur = 1 - cur;
+            }
+            // LayerNorm (biased variance, as torch), residual, sum into receivers
+            for (int64_t r = 0; r < nr; r++) {
+                float *y = buf[cur] + r * h;
+                const int64_t row = r0 + r;
+                if (pre_norm) save(pre_norm + row * h, y, h);
+                if (norm_weight) {
+                    __m512 s = _mm512_setzero_ps();
+                    for (int64_t c = 0; c < h; c += 16) s = _mm512_add_ps(s, _mm512_loadu_ps(y + c));
+                    const float mu = _mm512_reduce_add_ps(s) / (float)h;
+                    const __m512 m = _mm512_set1_ps(mu);
+                    __m512 v = _mm512_setzero_ps();
+                    for (int64_t c = 0; c < h; c += 16) {
+                        __m512 d = _mm512_sub_ps(_mm512_loadu_ps(y + c), m);
+                        v = _mm512_fmadd_ps(d, d, v);
+                    }
+                    const float rs = 1.0f / sqrtf(_mm512_reduce_add_ps(v) / (float)h + eps);
+                    if (mean) {
+                        mean[row] = mu;
+                        rstd[row] = rs;
+                    }
+                    const __m512 s_rs = _mm512_set1_ps(rs);
+                    for (int64_t c = 0; c < h; c += 16) {
+                        __m512 n = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(y + c), m), s_rs);
+                        _mm512_storeu_ps(y + c, _mm512_fmadd_ps(n, _mm512_loadu_ps(norm_weight + c),
+                                                                _mm512_loadu_ps(norm_bias + c)));
+                    }
+                }
+                float *o = out + row * h;
+                const float *res = residual ? residual + row * h : NULL;
+                float *dst = inc ? inc + receivers[row] * h : NULL;
+                for (int64_t c = 0; c < h; c += 16) {
+                    __m512 n = _mm512_loadu_ps(y + c);
+                    _mm512_storeu_ps(o + c, res ? _mm512_add_ps(_mm512_loadu_ps(res + c), n) : n);
+                    if (dst) _mm512_storeu_ps(dst + c, _mm512_add_ps(_mm512_loadu_ps(dst + c), n));
+                }
+            }
+        }
+        _mm_sfence();  // the streamed saves are visible to whichever thread runs the backward pass
+        if (incoming && threads > 1) {  // add the other threads' sums into the first's
+#pragma omp barrier
+#pragma omp for schedule(static)
+            for (int64_t row = 0; row < num_nodes; row++)
+                for (int u = 1; u < threads; u++)
+                    for (int64_t c = 0; c < h; c += 16) {
+                        float *dst = incoming + row * h + c;
+                        const float *src = wt + w_size + (u - 1) * inc_size + row * h + c;
+                        _mm512_storeu_ps(dst, _mm512_add_ps(_mm512_loadu_ps(dst), _mm512_loadu_ps(src)));
+                    }
+        }
+    }
+    return 0;
+}
+
+#define CH (8 * RB)  // rows per backward chunk: the weight gradients' reduction length per pass
+
+// acc[i] += sum_{r < n} g[r, i0 + i] * x[r, 0:32]: the weight gradient's product, read straight from g [n, ldg]
+static inline __attribute__((always_inline)) void acc_gemm_t(Acc *acc, const float *g, int64_t ldg, int64_t n,
+                                                             const float *x, int64_t ldx) {
+    for (int64_t r = 0; r < n; r++) {
+        __m512 x0 = _mm512_loadu_ps(x + r * ldx), x1 = _mm512_loadu_ps(x + r * ldx + 16);
+#pragma GCC unroll 12
+        for (int i = 0; i < RB; i++) {
+            __m512 a = _mm512_set1_ps(g[r * ldg + i]);
+            acc->v[i][0] = _mm512_fmadd_ps(a, x0, acc->v[i][0]);
+            acc->v[i][1] = _mm512_fmadd_ps(a, x1, acc->v[i][1]);
+        }
+    }
+}
+
+// grad_w[i, :] += sum_{r < n} g[r, i] * x[r, :] for i < h_out (g's rows h_out apart, x's ldx apart, k_in a
+// multiple of 32). A last partial block of i reads g's next columns (or, past its end, the pad) and stores
+// only its own rows.
+static void weight_grad(float *grad_w, const float *g, int64_t h_out, const float *x, int64_t ldx, int64_t k_in,
+                        int64_t n, const float *g_pad) {
+    for (int64_t i0 = 0; i0 < h_out; i0 += RB) {
+        const int m = h_out - i0 < RB ? (int)(h_out - i0) : RB;
+        const float *gi = m == RB ? g + i0 : g_pad;  // g_pad: the last columns copied, zero-padded to RB
+        const int64_t ldg = m == RB ? h_out : RB;
+        for (int64_t p = 0; p < k_in / 32; p++) {
+            Acc acc;
+            for (int i = 0; i < RB; i++) {
+                acc.v[i][0] = i < m ? _mm512_loadu_ps(grad_w + (i0 + i) * k_in + p * 32) : _mm512_setzero_ps();
+                acc.v[i][1] = i < m ? _mm512_loadu_ps(grad_w + (i0 + i) * k_in + p * 32 + 16) : _mm512_setzero_ps();
+            }
+            acc_gemm_t(&acc, gi, ldg, n, x + p * 32, ldx);
+            for (int i = 0; i < m; i++) {
+                _mm512_storeu_ps(grad_w + (i0 + i) * k_in + p * 32, acc.v[i][0]);
+                _mm512_storeu_ps(grad_w + (i0 + i) * k_in + p * 32 + 16, acc.v[i][1]);
+            }
+        }
+    }
+}
+
+// g's last h % RB columns, zero-padded to RB, rows RB apart (weight_grad's last partial block of rows)
+static void pad_tail(float *g_pad, const float *g, int64_t h, int64_t n) {
+    const int64_t i0 = h - h % RB;
+    for (int64_t r = 0; r < n; r++)
+        for (int i = 0; i < RB; i++) g_pad[r * RB + i] = i0 + i < h ? g[r * h + i0 + i] : 0.0f;
+}
+
+// column sums: acc[c] += sum_{r < n} g[r, c]
+static void column_sum(float *acc, const float *g, int64_t n, int64_t h) {
+    for (int64_t c = 0; c < h; c += 16) {
+        __m512 s = _mm512_loadu_ps(acc + c);
+        for (int64_t r = 0; r < n; r++) s = _mm512_add_ps(s, _mm512_loadu_ps(g + r * h + c));
+        _mm512_storeu_ps(acc + c, s);
+    }
+}
+
+// The backward pass of gnnsim_mlp_forward, from what it saved. Gradients of parameters (and of the table)
+// are summed per thread into workspaces [threads, ...] that the caller reduces; input gradients are written.
+int gnnsim_mlp_backward(
+    int64_t rows, int64_t width,
+    int32_t num_inputs, const float *const *inputs, const int64_t *in_widths,
+    const float *const *first_weights, const int64_t *first_ld,     // [H, K_i] each, rows first_ld[i] apart
+    const int64_t *index, int32_t index_cols, float *grad_table, int64_t table_rows,  // [threads, T, H] or NULL
+    int32_t num_layers, const float *const *weights,                // later Linears' weights [H, H]
+    const float *norm_weight, const float *pre_norm, const float *mean, const float *rstd,  // or NULL: none
+    const float *const *acts,                                       // post-ReLU activations [R, H] each
+    const float *grad_out, const int64_t *receivers, const float *grad_incoming,  // [R, H]; [N, H] (NULL: none)
+    int32_t residual,
+    float *const *grad_inputs,                                      // [R, K_i] each, NULL where not needed
+    float *grad_first_weights,  // [threads, sum_i H K_i]
+    float *grad_first_bias,     // [threads, H] or NULL
+    float *grad_weights,        // [threads, num_layers, H, H]
+    float *grad_biases,         // [threads, num_layers, H]
+    float *grad_norm,           // [threads, 2, H] (weight, bias) or NULL
+    int32_t threads)
+{
+    if (width % 32 != 0 || num_inputs < 1 || num_inputs > 8 || threads < 1) return 1;
+    int64_t k_total = 0, k_max = width;
+    for (int32_t i = 0; i < num_inputs; i++) {
+        if (in_widths[i] % 32 != 0) return 1;  // weight and input gradients go by 32-wide panels
+        k_total += width * in_widths[i];
+        if (in_widths[i] > k_max) k_max = in_widths[i];
+    }
+    const int64_t h = width, chunks = (rows + CH - 1) / CH;
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+        const int t = omp_get_thread_num();
+        const int64_t zlen = k_max;
+        float *g = malloc(sizeof(float) * CH * h), *g2 = malloc(sizeof(float) * CH * h);
+        float *g_pad = malloc(sizeof(float) * CH * RB), *zero_row = calloc(zlen, sizeof(float));
+        float *gw1 = grad_first_weights + t * k_total, *gb1 = grad_first_bias ? grad_first_bias + t * h : NULL;
+        float *gws = grad_weights + t * num_layers * h * h, *gbs = grad_biases + t * num_layers * h;
+        float *gn = grad_norm ? grad_norm + t * 2 * h : NULL;
+        float *gtab = grad_table ? grad_table + t * table_rows * h : NULL;
+        if (!g || !g2 || !g_pad || !zero_row) failed = 1;
+#pragma omp for schedule(static)
+        for (int64_t chunk = 0; chunk < chunks; chunk++) {
+            if (failed) continue;
+            const int64_t r0 = chunk * CH, n = rows - r0 < CH ? rows - r0 : CH;
+            // d loss / d LayerNorm output: the output's gradient plus, scattered, the receivers' sums'
+            for (int64_t r = 0; r < n; r++) {
+                const float *go = grad_out + (r0 + r) * h;
+                const float *gi = grad_incoming ? grad_incoming + receivers[r0 + r] * h : NULL;
+                for (int64_t c = 0; c < h; c += 16) {
+                    __m512 v = _mm512_loadu_ps(go + c);
+                    if (gi) v = _mm512_add_ps(v, _mm512_loadu_ps(gi + c));
+                    _mm512_storeu_ps(g + r * h + c, v);
+                }
+            }
+            if (norm_weight) {  // dx = rstd (dx^ - mean(dx^) - x^ mean(dx^ x^)), dx^ = g w, x^ = (x - mean) rstd
+                for (int64_t r = 0; r < n; r++) {
+                    const int64_t row = r0 + r;
+                    const __m512 mu = _mm512_set1_ps(mean[row]), rs = _mm512_set1_ps(rstd[row]);
+                    __m512 s1 = _mm512_setzero_ps(), s2 = _mm512_setzero_ps();
+                    for (int64_t c = 0; c < h; c += 16) {
+                        __m512 gv = _mm512_loadu_ps(g + r * h + c);
+                        __m512 xh = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(pre_norm + row * h + c), mu), rs);
+                        _mm512_storeu_ps(gn + c, _mm512_fmadd_ps(gv, xh, _mm512_loadu_ps(gn + c)));
+                        _mm512_storeu_ps(gn + h + c, _mm512_add_ps(_mm512_loadu_ps(gn + h + c), gv));
+                        __m512 dxh = _mm512_mul_ps(gv, _mm512_loadu_ps(norm_weight + c));
+                        s1 = _mm512_add_ps(s1, dxh);
+                        s2 = _mm512_fmadd_ps(dxh, xh, s2);
+                    }
+                    const __m512 m1 = _mm512_set1_ps(_mm512_reduce_add_ps(s1) / (float)h);
+                    const __m512 m2 = _mm512_set1_ps(_mm512_reduce_add_ps(s2) / (float)h);
+                    for (int64_t c = 0; c < h; c += 16) {
+                        __m512 xh = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(pre_norm + row * h + c), mu), rs);
+                        __m512 dxh = _mm512_mul_ps(_mm512_loadu_ps(g + r * h + c), _mm512_loadu_ps(norm_weight + c));
+                        __m512 d = _mm512_sub_ps(_mm512_sub_ps(dxh, m1), _mm512_mul_ps(xh, m2));
+                        _mm512_storeu_ps(g + r * h + c, _mm512_mul_ps(d, rs));
+                    }
+                }
+            }
+            // later Linears, last to first: weight and bias gradients, then back through the weight and ReLU
+            const float *a_rows[RB], *init_rows[RB];
+            float *c_rows[RB];
+            for (int32_t l = num_layers - 1; l >= 0; l--) {
+                const float *act = acts[l] + r0 * h;
+                pad_tail(g_pad, g, h, n);
+                weight_grad(gws + l * h * h, g, h, act, h, h, n, g_pad);
+                column_sum(gbs + l * h, g, n, h);
+                for (int64_t b = 0; b < n; b += RB) {
+                    const int m = n - b < RB ? (int)(n - b) : RB;
+                    for (int r = 0; r < RB; r++) {
+                        a_rows[r] = r < m ? g + (b + r) * h : zero_row;
+                        c_rows[r] = g2 + (b + r) * h;
+                    }
+                    rows_gemm(a_rows, h, weights[l], h, h, NULL, c_rows, m);
+                }
+                for (int64_t r = 0; r < n; r++)  // ReLU's backward: pass where the activation was positive
+                    for (int64_t c = 0; c < h; c += 16) {
+                        __mmask16 pos = _mm512_cmp_ps_mask(_mm512_loadu_ps(act + r * h + c), _mm512_setzero_ps(),
+                                                           _CMP_GT_OQ);
+                        _mm512_storeu_ps(g + r * h + c, _mm512_maskz_mov_ps(pos, _mm512_loadu_ps(g2 + r * h + c)));
+                    }
+            }
+            // first Linear: its bias, its weight blocks, the inputs (plus the residual's pass-through), the table
+            if (gb1) column_sum(gb1, g, n, h);
+            pad_tail(g_pad, g, h, n);
+            float *gw = gw1;
+            for (int32_t i = 0; i < num_inputs; i++) {
+                const int64_t k = in_widths[i];
+                weight_grad(gw, g, h, inputs[i] + r0 * k, k, k, n, g_pad);
+                gw += h * k;
+                if (!grad_inputs[i]) continue;
+                for (int64_t b = 0; b < n; b += RB) {
+                    const int m = n - b < RB ? (int)(n - b) : RB;
+                    for (int r = 0; r < RB; r++) {
+                        a_rows[r] = r < m ? g + (b + r) * h : zero_row;
+                        init_rows[r] = r < m && i == 0 && residual ? grad_out + (r0 + b + r) * h : zero_row;
+                        c_rows[r] = r < m ? grad_inputs[i] + (r0 + b + r) * k : NULL;
+                    }
+                    rows_gemm(a_rows, h, first_weights[i], first_ld[i], k, init_rows, c_rows, m);
+                }
+            }
+            if (gtab)
+                for (int64_t r = 0; r < n; r++)
+                    for (int32_t j = 0; j < index_cols; j++) {
+                        float *dst = gtab + index[(r0 + r) * index_cols + j] * h;
+                        for (int64_t c = 0; c < h; c += 16)
+                            _mm512_storeu_ps(dst + c, _mm512_add_ps(_mm512_loadu_ps(dst + c),
+                                                                    _mm512_loadu_ps(g + r * h + c)));
+                    }
+        }
+        free(g);
+        free(g2);
+        free(g_pad);
+        free(zero_row);
+    }
+    return failed ? 2 : 0;
+}

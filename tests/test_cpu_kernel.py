@@ -1,0 +1,171 @@
+"""The fused CPU kernel computes what the PyTorch path computes: outputs and gradients, in float32."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from conftest import synthetic_flow_batch
+from gnnsim.nn import cpu_kernel
+from gnnsim.nn.blocks import GraphNetBlock, fused_mlp, project_nodes
+from gnnsim.nn.encode_process_decode import ModelConfig
+from gnnsim.nn.mlp import MLP
+from gnnsim.simulators.flow import FlowSimulator
+
+pytestmark = pytest.mark.skipif(
+    cpu_kernel.library() is None, reason="no fused CPU kernel here (no AVX-512 or no C compiler)"
+)
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Count the kernel's forward and backward calls."""
+    counts = {"forward": 0, "backward": 0}
+    for name in counts:
+        run = getattr(cpu_kernel, f"mlp_{name}")
+
+        def counted(*args, _run=run, _name=name, **kwargs):
+            counts[_name] += 1
+            return _run(*args, **kwargs)
+
+        monkeypatch.setattr(cpu_kernel, f"mlp_{name}", counted)
+    return counts
+
+
+def block_outputs_and_gradients(block, nodes, edges, topology):
+    nodes = nodes.clone().requires_grad_()
+    edges = {k: e.clone().requires_grad_() for k, e in edges.items()}
+    new_nodes, new_edges = block(nodes, edges, topology)
+    outs = [new_nodes, *new_edges.values()]
+    g = torch.Generator().manual_seed(1)
+    loss = sum((o * torch.randn(o.shape, generator=g)).sum() for o in outs)
+    grads = torch.autograd.grad(loss, [nodes, *edges.values(), *block.parameters()])
+    return [o.detach() for o in outs] + list(grads)
+
+
+def assert_close_float32(actual, expected):
+    for a, e in zip(actual, expected, strict=True):
+        scale = e.abs().max().item() if e.numel() else 1.0
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5 * max(1.0, scale))
+
+
+@pytest.mark.parametrize("hidden_layers", [0, 1, 2])
+@pytest.mark.parametrize("latent,edge_counts", [(32, {"mesh": 301}), (64, {"mesh": 53, "world": 13})])
+def test_kernel_block_equals_pytorch_block(calls, hidden_layers, latent, edge_counts):
+    """Ragged row blocks (12) and backward chunks (96), one or two edge sets, 0-2 hidden layers."""
+    torch.manual_seed(0)
+    block = GraphNetBlock(latent, tuple(edge_counts), hidden_layers)
+    g = torch.Generator().manual_seed(0)
+    nodes = torch.randn(37, latent, generator=g)
+    edges = {k: torch.randn(n, latent, generator=g) for k, n in edge_counts.items()}
+    topology = {k: tuple(torch.randint(0, 37, (2, n), generator=g)) for k, n in edge_counts.items()}
+    kernel = block_outputs_and_gradients(block, nodes, edges, topology)
+    assert calls == {"forward": len(edge_counts) + 1, "backward": len(edge_counts) + 1}
+    with cpu_kernel.disabled():
+        reference = block_outputs_and_gradients(block, nodes, edges, topology)
+    assert calls["forward"] == len(edge_counts) + 1
+    assert_close_float32(kernel, reference)
+    with torch.no_grad():  # the inference call (no saved tensors) gives the same outputs
+        assert_close_float32([block(nodes, edges, topology)[0]], reference[:1])
+        with FlopCounterMode(display=False) as counter:  # a dispatch mode sees the PyTorch path's matmuls
+            block(nodes, edges, topology)
+    assert calls["forward"] == 2 * (len(edge_counts) + 1) and counter.get_total_flops() > 0
+
+
+def test_kernel_on_one_and_two_threads():
+    """Two threads: each sums into its own buffers (receivers forward, the table backward), then they add up."""
+    torch.manual_seed(0)
+    block = GraphNetBlock(32, ("mesh", "world"))
+    nodes, edges = torch.randn(20, 32), {"mesh": torch.randn(250, 32), "world": torch.randn(37, 32)}
+    topology = {k: tuple(torch.randint(0, 20, (2, e.shape[0]))) for k, e in edges.items()}
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append(block_outputs_and_gradients(block, nodes, edges, topology))
+    finally:
+        torch.set_num_threads(threads)
+    assert_close_float32(*results)
+
+
+def test_kernel_mlp_equals_module_with_incoming_sum():
+    """By hand: ``out = x + MLP(x)`` and ``incoming[n] = sum of MLP(x) over rows received by n``."""
+    torch.manual_seed(0)
+    mlp = MLP(32, 32, 32)
+    x = torch.randn(30, 32)
+    receivers = torch.randint(0, 4, (30,))
+    with torch.no_grad():
+        out, incoming = fused_mlp(mlp, [x], [mlp.first.weight], residual=True, receivers=receivers, num_nodes=4)
+        y = mlp(x)
+    expected = torch.stack([y[receivers == n].sum(0) for n in range(4)])
+    assert_close_float32([out, incoming], [x + y, expected])
+
+
+def test_no_edges_and_a_single_node():
+    torch.manual_seed(0)
+    block = GraphNetBlock(32, ("mesh",))
+    for num_nodes, num_edges in ((5, 0), (1, 3)):
+        nodes, edges = torch.randn(num_nodes, 32), {"mesh": torch.randn(num_edges, 32)}
+        topology = {"mesh": tuple(torch.randint(0, num_nodes, (2, num_edges)))}
+        kernel = block_outputs_and_gradients(block, nodes, edges, topology)
+        with cpu_kernel.disabled():
+            assert_close_float32(kernel, block_outputs_and_gradients(block, nodes, edges, topology))
+
+
+def test_out_of_range_index_is_an_error_not_a_crash():
+    torch.manual_seed(0)
+    mlp = MLP(96, 32, 32)
+    nodes, edges = torch.randn(4, 32), torch.randn(6, 32)
+    table, index, w_edge = project_nodes(mlp, nodes, torch.tensor([0, 1, 2, 3, 0, 1]), torch.tensor([1] * 6))
+    index[2, 1] = table.shape[0]
+    with torch.no_grad(), pytest.raises(IndexError, match="out of range for a table of 8 rows"):
+        fused_mlp(mlp, [edges], [w_edge], table, index)
+    with torch.no_grad(), pytest.raises(IndexError, match="receivers out of range for 4 nodes"):
+        fused_mlp(mlp, [edges], [w_edge], table, index.clamp(max=7), receivers=torch.tensor([4] * 6), num_nodes=4)
+
+
+def test_flow_step_and_loss_match_the_plain_model(calls):
+    """The whole simulator, optimised (kernel) against plain (concatenating): step outputs and gradients."""
+    torch.manual_seed(0)
+    plain, optimised = FlowSimulator(ModelConfig(32, 3, fused=False)), FlowSimulator(ModelConfig(32, 3, fused=True))
+    optimised.load_state_dict(plain.state_dict())
+    batch = synthetic_flow_batch()
+    results = []
+    for sim in (plain, optimised):
+        sim.train()
+        torch.manual_seed(1)
+        loss = sim.loss(batch)
+        results.append([loss, *torch.autograd.grad(loss, list(sim.parameters()))])
+    assert calls["forward"] == 3 * 2 and calls["backward"] == 3 * 2
+    assert_close_float32(results[1], results[0])
+
+
+def test_build_failure_warns_once_and_runs_the_pytorch_path(tmp_path):
+    code = (
+        "import warnings, torch\n"
+        "from gnnsim.nn import cpu_kernel\n"
+        "from gnnsim.nn.blocks import GraphNetBlock\n"
+        "with warnings.catch_warnings(record=True) as seen:\n"
+        "    warnings.simplefilter('always')\n"
+        "    assert cpu_kernel.library() is None and cpu_kernel.library() is None\n"
+        "    block = GraphNetBlock(32, ('mesh',))\n"
+        "    out = block(torch.randn(3, 32), {'mesh': torch.randn(4, 32)}, {'mesh': (torch.tensor([0, 1, 2, 0]),"
+        " torch.tensor([1, 2, 0, 2]))})\n"
+        "print(len(seen), seen[0].message if seen else '')\n"
+    )
+    env = {**os.environ, "CC": str(tmp_path / "no-such-cc"), "GNNSIM_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    count, message = done.stdout.split(" ", 1)
+    assert count == "1" and "no fused CPU kernel" in message and "no-such-cc" in message
+    assert not list((tmp_path / "cache").glob("*.tmp"))
+
+
+def test_disabled_by_environment(tmp_path):
+    code = "from gnnsim.nn import cpu_kernel; print(cpu_kernel.library())"
+    env = {**os.environ, "GNNSIM_CPU_KERNEL": "0", "GNNSIM_CACHE": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "None" and not any(tmp_path.iterdir())
