@@ -1,17 +1,18 @@
 """The fused CPU MLP kernel (``fused_mlp.c``): built on first use with the system's C compiler, called by ctypes.
 
 One call runs a whole MeshGraphNets MLP over all rows, blocks of 12 rows at a time with every activation in L1:
-the split first Linear with its gather, ReLUs, later Linears, LayerNorm, residual and the sum into receivers.
-On the bench graph it runs an edge MLP at ~95 % of the CPU's float32 FMA peak, where the tiled PyTorch path
-(``gnnsim.nn.blocks``) runs ~75 % (``docs/benchmarks.md``).
+the split first Linear with its gather, ReLUs, later Linears, LayerNorm, residual and the sum into receivers;
+a second call runs its backward pass. On the bench graph an edge MLP's forward runs at 94 % of the CPU's
+float32 FMA peak, against ~60 % for the tiled PyTorch path in ``gnnsim.nn.blocks`` (``docs/benchmarks.md``).
 
 It is used for float32 on CPUs with AVX-512 (``torch.backends.cpu.get_cpu_capability()``), when layer widths
 are multiples of 32, outside ``TorchDispatchMode``s (a FLOP counter sees the PyTorch path's matmuls, the same
 products), and while the threads' private sums (into receivers forward, into the gathered table backward) fit
 in ``THREAD_BUFFERS`` bytes. The library is compiled with ``-march=native`` into ``$GNNSIM_CACHE`` (default
 ``~/.cache/gnnsim``) under a name keyed by the source, the flags and the CPU, so a home folder shared by
-different machines keeps one build per CPU. Without a compiler (``$CC``, default ``cc``), or with
-``GNNSIM_CPU_KERNEL=0``, gnnsim warns once and runs the PyTorch path: the same function to float tolerance.
+different machines keeps one build per CPU. Where the build fails (no ``$CC``, default ``cc``) gnnsim warns
+once and runs the PyTorch path, the same function to float32 rounding; ``GNNSIM_CPU_KERNEL=0`` chooses that
+path without a warning.
 """
 
 from __future__ import annotations
@@ -131,6 +132,14 @@ def _int64s(values) -> ctypes.Array:
     return (ctypes.c_int64 * len(values))(*values)
 
 
+def _check(status: int, what: str) -> None:
+    """Raise for a kernel call's nonzero status: 1, arguments out of its range; 2, out of memory."""
+    if status == 2:
+        raise MemoryError(f"fused CPU kernel ({what}): out of memory for its scratch buffers")
+    if status:
+        raise ValueError(f"fused CPU kernel ({what}): widths must be multiples of 32, with 1-8 inputs")
+
+
 def _rows(w: Tensor) -> Tensor:
     """``w`` (a weight or a block of its columns) with unit column stride, as the kernel reads it."""
     return w if w.stride(1) == 1 else w.contiguous()
@@ -182,8 +191,7 @@ def mlp_forward(
         _ptr(xs[0]) if residual else None, out.data_ptr(), _ptr(receivers), _ptr(incoming), num_nodes, threads,
         _pointers(acts) if saved is not None else None, _ptr(pre_norm), _ptr(mean), _ptr(rstd),
     )
-    if status:
-        raise ValueError(f"fused CPU kernel refused width {width} with {len(xs)} inputs")
+    _check(status, "forward")
     return out, incoming
 
 
@@ -201,7 +209,7 @@ def mlp_backward(
     residual: bool = False,
     receivers: Tensor | None = None,
     grad_incoming: Tensor | None = None,
-) -> tuple[list[Tensor | None], list[Tensor], Tensor | None, list[tuple[Tensor, Tensor]], tuple | None, Tensor | None]:
+) -> tuple[list, list[Tensor], Tensor | None, list[tuple[Tensor, Tensor]], tuple | None, Tensor | None]:
     """The backward pass of ``mlp_forward`` from what it saved; return the gradients of the inputs (None where
     ``needs_inputs`` is False), of the first Linear's column blocks and bias, of the later (weight, bias)s, of the
     LayerNorm's (weight, bias) and of the gathered table (with ``table_rows``)."""
@@ -211,7 +219,7 @@ def mlp_backward(
     threads = torch.get_num_threads()
     xs = [x.contiguous() for x in inputs]
     ws = [_rows(w) for w in first_weights]  # [H, K_i]
-    new = functools.partial(grad_out.new_zeros)
+    new = grad_out.new_zeros  # per-thread sums, reduced below
     g_xs = [x.new_empty(x.shape) if need else None for x, need in zip(xs, needs_inputs)]
     g_w1 = new(threads, sum(w.numel() for w in ws))
     g_b1 = None if first_bias is None else new(threads, width)
@@ -221,17 +229,16 @@ def mlp_backward(
     layer_ws, grad_out = [w.contiguous() for w, _ in layers], grad_out.contiguous()  # referenced: pointers below
     if grad_incoming is not None:
         grad_incoming = grad_incoming.contiguous()
+    norm_ptrs = (None,) * 4 if norm is None else (norm[0].data_ptr(), *(t.data_ptr() for t in (pre_norm, mean, rstd)))
     status = lib.gnnsim_mlp_backward(
         rows, width, len(xs), _pointers(xs), _int64s(x.shape[1] for x in xs), _pointers(ws),
-        _int64s(w.stride(0) for w in ws), _ptr(index), 0 if index is None else index.shape[1], _ptr(g_table), table_rows or 0,
-        len(layers), _pointers(layer_ws),
-        *((None,) * 4 if norm is None else (norm[0].data_ptr(), pre_norm.data_ptr(), mean.data_ptr(), rstd.data_ptr())),
-        _pointers(acts), grad_out.data_ptr(), _ptr(receivers), _ptr(grad_incoming), int(residual),
+        _int64s(w.stride(0) for w in ws), _ptr(index), 0 if index is None else index.shape[1], _ptr(g_table),
+        table_rows or 0, len(layers), _pointers(layer_ws), *norm_ptrs, _pointers(acts), grad_out.data_ptr(),
+        _ptr(receivers), _ptr(grad_incoming), int(residual),
         (ctypes.c_void_p * len(xs))(*(None if g is None else g.data_ptr() for g in g_xs)),
         g_w1.data_ptr(), _ptr(g_b1), g_ws.data_ptr(), g_bs.data_ptr(), _ptr(g_norm), threads,
     )
-    if status:
-        raise (MemoryError if status == 2 else ValueError)(f"fused CPU kernel's backward failed (status {status})")
+    _check(status, "backward")
     g_w1 = g_w1.sum(0).split([w.numel() for w in ws])
     g_ws, g_bs = g_ws.sum(0), g_bs.sum(0)
     return (

@@ -1,12 +1,14 @@
-// A MeshGraphNets MLP, forward, in one pass over rows: split first Linear (with an optional gather-sum of table
-// rows), ReLU, later Linears, optional LayerNorm, residual and sum into receivers. Float32, AVX-512.
+// A MeshGraphNets MLP in one pass over rows, forward and backward, float32, AVX-512: the split first Linear
+// (with an optional gather-sum of table rows), ReLUs, later Linears, optional LayerNorm, residual, and the sum of
+// the output into receivers. Built and called by gnnsim/nn/cpu_kernel.py.
 //
-// Rows go in blocks of RB = 12. For each block, each Linear runs as H / 32 panels of 32 output columns: the
-// 12 x 32 panel's 24 accumulators stay in registers while the inner loop broadcasts one input value per row
-// and multiplies it with one 32-wide row of the (k-major) weight. The block's activations never leave a
-// 12 x H stack buffer (L1), and the LayerNorm, residual and scatter read the last one straight from there.
-// Blocks are split statically over OpenMP threads; each thread sums into its own [num_nodes, H] buffer (the
-// first thread into ``incoming``), and the others' are then added into it. Built and called by gnnsim/nn/cpu_kernel.py.
+// Forward: rows go in blocks of RB = 12. Each Linear runs as H / 32 panels of 32 output columns: the 12 x 32
+// panel's 24 accumulators stay in registers while the inner loop broadcasts one input value per row and
+// multiplies it with one 32-wide row of the transposed weight. The block's activations stay in a 12 x H stack
+// buffer (L1); LayerNorm, residual and scatter read the last one from there. Backward: chunks of CH = 96 rows,
+// last layer first; weight gradients are g^T x over the chunk's rows, input gradients g W.
+// Threads take contiguous blocks (static schedule: the same sums in the same order every run); each sums into
+// private buffers that are then added up.
 #include <immintrin.h>
 #include <math.h>
 #include <omp.h>
@@ -94,7 +96,7 @@ static void *scratch(size_t bytes) {
     return block;
 }
 
-// Returns 0, or 1 when the arguments are out of the kernel's range (the caller checks them first).
+// Returns 0; 1 when the arguments are out of the kernel's range (the caller checks first); 2 out of memory.
 int gnnsim_mlp_forward(
     int64_t rows, int64_t width,                                    // R, H (H % 32 == 0)
     int32_t num_inputs, const float *const *inputs, const int64_t *in_widths,  // inputs[i]: [R, K_i]
@@ -210,11 +212,12 @@ int gnnsim_mlp_forward(
             }
         }
         _mm_sfence();  // the streamed saves are visible to whichever thread runs the backward pass
-        if (incoming && threads > 1) {  // add the other threads' sums into the first's
+        const int team = omp_get_num_threads();  // OpenMP may give fewer than asked (nested, thread limits)
+        if (incoming && team > 1) {  // add the other threads' sums into the first's
 #pragma omp barrier
 #pragma omp for schedule(static)
             for (int64_t row = 0; row < num_nodes; row++)
-                for (int u = 1; u < threads; u++)
+                for (int u = 1; u < team; u++)
                     for (int64_t c = 0; c < h; c += 16) {
                         float *dst = incoming + row * h + c;
                         const float *src = wt + w_size + (u - 1) * inc_size + row * h + c;
