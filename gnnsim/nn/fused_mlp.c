@@ -130,8 +130,10 @@ int gnnsim_mlp_forward(
             const int64_t k = m < num_inputs ? in_widths[m] : h, ld = m < num_inputs ? first_ld[m] : h;
             float *dst = (float *)(m < num_inputs ? w1t[m] : wlt[m - num_inputs]);
 #pragma omp for schedule(static)
-            for (int64_t j = 0; j < h; j++)
-                for (int64_t c = 0; c < k; c++) dst[c * h + j] = src[j * ld + c];
+            for (int64_t j0 = 0; j0 < h; j0 += 16)  // in 16 x 16 tiles: each tile's lines stay in L1
+                for (int64_t c0 = 0; c0 < k; c0 += 16)
+                    for (int64_t j = j0; j < j0 + 16; j++)
+                        for (int64_t c = c0; c < c0 + 16 && c < k; c++) dst[c * h + j] = src[j * ld + c];
         }
         float buf[2][RB * h];
         const int t = omp_get_thread_num();
