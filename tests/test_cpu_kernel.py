@@ -169,3 +169,20 @@ def test_disabled_by_environment(tmp_path):
     env = {**os.environ, "GNNSIM_CPU_KERNEL": "0", "GNNSIM_CACHE": str(tmp_path)}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "None" and not any(tmp_path.iterdir())
+
+
+def test_mlp_without_layer_norm_two_inputs_and_a_bias(calls):
+    """The node MLP's shape (two inputs, the first Linear's own bias), here without LayerNorm or residual."""
+    torch.manual_seed(0)
+    mlp = MLP(64, 32, 32, hidden_layers=1, layer_norm=False)
+    x1, x2 = torch.randn(29, 32, requires_grad=True), torch.randn(29, 32, requires_grad=True)
+
+    def run():
+        out = fused_mlp(mlp, [x1, x2], mlp.first.weight.split([32, 32], dim=1))[0]
+        return [out, *torch.autograd.grad(out.square().sum(), [x1, x2, *mlp.parameters()])]
+
+    kernel = run()
+    assert calls == {"forward": 1, "backward": 1}
+    with cpu_kernel.disabled():
+        assert_close_float32(kernel, run())
+    assert_close_float32(kernel[:1], [mlp(torch.cat([x1, x2], dim=1))])
