@@ -125,15 +125,16 @@ int gnnsim_mlp_forward(
     for (int32_t l = 0; l < num_layers; l++) wlt[l] = wt + (k_total + l * h) * h;
 #pragma omp parallel num_threads(threads)
     {
-        for (int32_t m = 0; m < num_inputs + num_layers; m++) {
+        const int64_t strips = h / 16, matrices = num_inputs + num_layers;
+#pragma omp for schedule(static)
+        for (int64_t item = 0; item < matrices * strips; item++) {  // 16 rows of one weight, in 16 x 16 tiles
+            const int64_t m = item / strips, j0 = item % strips * 16;
             const float *src = m < num_inputs ? first_weights[m] : weights[m - num_inputs];
             const int64_t k = m < num_inputs ? in_widths[m] : h, ld = m < num_inputs ? first_ld[m] : h;
             float *dst = (float *)(m < num_inputs ? w1t[m] : wlt[m - num_inputs]);
-#pragma omp for schedule(static)
-            for (int64_t j0 = 0; j0 < h; j0 += 16)  // in 16 x 16 tiles: each tile's lines stay in L1
-                for (int64_t c0 = 0; c0 < k; c0 += 16)
-                    for (int64_t j = j0; j < j0 + 16; j++)
-                        for (int64_t c = c0; c < c0 + 16 && c < k; c++) dst[c * h + j] = src[j * ld + c];
+            for (int64_t c0 = 0; c0 < k; c0 += 16)
+                for (int64_t j = j0; j < j0 + 16; j++)
+                    for (int64_t c = c0; c < c0 + 16 && c < k; c++) dst[c * h + j] = src[j * ld + c];
         }
         float buf[2][RB * h];
         const int t = omp_get_thread_num();
