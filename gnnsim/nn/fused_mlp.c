@@ -58,20 +58,27 @@ static inline __attribute__((always_inline)) void acc_store(const Acc *acc, floa
     }
 }
 
-// The backward pass's product: for rows c_rows[r] (r < n_rows, the rest padding), over all ``cols`` columns
-// (a multiple of 32): c_rows[r] = init_rows[r] (or 0 when init_rows is NULL) + a_rows[r][0:k] @ w[0:k, :].
-static void rows_gemm(const float *const *a_rows, int64_t k_len, const float *w, int64_t ldw, int64_t cols,
-                      const float *const *init_rows, float *const *c_rows, int n_rows) {
-    for (int64_t p = 0; p < cols / 32; p++) {
-        Acc acc;
-        for (int r = 0; r < RB; r++) {
-            acc.v[r][0] = init_rows ? _mm512_loadu_ps(init_rows[r] + p * 32) : _mm512_setzero_ps();
-            acc.v[r][1] = init_rows ? _mm512_loadu_ps(init_rows[r] + p * 32 + 16) : _mm512_setzero_ps();
-        }
-        acc_gemm(&acc, a_rows, k_len, w + p * 32, ldw);
-        for (int r = 0; r < n_rows; r++) {
-            _mm512_storeu_ps(c_rows[r] + p * 32, acc.v[r][0]);
-            _mm512_storeu_ps(c_rows[r] + p * 32 + 16, acc.v[r][1]);
+// The backward pass's product, over blocks of RB rows: out[r, :] = init[r, :] (or 0 when init is NULL) +
+// g[r, 0:k] @ w[0:k, :] for r < n; out and init have ``cols`` columns (a multiple of 32), w's rows are ldw
+// apart, and zero_row holds at least max(k, cols) zeros (a ragged block's padding).
+static void rows_product(const float *g, int64_t n, int64_t k, const float *w, int64_t ldw, int64_t cols,
+                         const float *init, float *out, const float *zero_row) {
+    const float *a_rows[RB];
+    for (int64_t b = 0; b < n; b += RB) {
+        const int m = n - b < RB ? (int)(n - b) : RB;
+        for (int r = 0; r < RB; r++) a_rows[r] = r < m ? g + (b + r) * k : zero_row;
+        for (int64_t p = 0; p < cols / 32; p++) {
+            Acc acc;
+            for (int r = 0; r < RB; r++) {
+                const float *from = init && r < m ? init + (b + r) * cols + p * 32 : zero_row;
+                acc.v[r][0] = _mm512_loadu_ps(from);
+                acc.v[r][1] = _mm512_loadu_ps(from + 16);
+            }
+            acc_gemm(&acc, a_rows, k, w + p * 32, ldw);
+            for (int r = 0; r < m; r++) {
+                _mm512_storeu_ps(out + (b + r) * cols + p * 32, acc.v[r][0]);
+                _mm512_storeu_ps(out + (b + r) * cols + p * 32 + 16, acc.v[r][1]);
+            }
         }
     }
 }
@@ -248,8 +255,7 @@ static inline __attribute__((always_inline)) void acc_gemm_t(Acc *acc, const flo
 }
 
 // grad_w[i, :] += sum_{r < n} g[r, i] * x[r, :] for i < h_out (g's rows h_out apart, x's ldx apart, k_in a
-// multiple of 32). A last partial block of i reads g's next columns (or, past its end, the pad) and stores
-// only its own rows.
+// multiple of 32). The last partial block of i reads its columns from g_pad (pad_tail) and stores only its rows.
 static void weight_grad(float *grad_w, const float *g, int64_t h_out, const float *x, int64_t ldx, int64_t k_in,
                         int64_t n, const float *g_pad) {
     for (int64_t i0 = 0; i0 < h_out; i0 += RB) {
@@ -366,21 +372,12 @@ int gnnsim_mlp_backward(
                 }
             }
             // later Linears, last to first: weight and bias gradients, then back through the weight and ReLU
-            const float *a_rows[RB], *init_rows[RB];
-            float *c_rows[RB];
             for (int32_t l = num_layers - 1; l >= 0; l--) {
                 const float *act = acts[l] + r0 * h;
                 pad_tail(g_pad, g, h, n);
                 weight_grad(gws + l * h * h, g, h, act, h, h, n, g_pad);
                 column_sum(gbs + l * h, g, n, h);
-                for (int64_t b = 0; b < n; b += RB) {
-                    const int m = n - b < RB ? (int)(n - b) : RB;
-                    for (int r = 0; r < RB; r++) {
-                        a_rows[r] = r < m ? g + (b + r) * h : zero_row;
-                        c_rows[r] = g2 + (b + r) * h;
-                    }
-                    rows_gemm(a_rows, h, weights[l], h, h, NULL, c_rows, m);
-                }
+                rows_product(g, n, h, weights[l], h, h, NULL, g2, zero_row);
                 for (int64_t r = 0; r < n; r++)  // ReLU's backward: pass where the activation was positive
                     for (int64_t c = 0; c < h; c += 16) {
                         __mmask16 pos = _mm512_cmp_ps_mask(_mm512_loadu_ps(act + r * h + c), _mm512_setzero_ps(),
@@ -396,16 +393,9 @@ int gnnsim_mlp_backward(
                 const int64_t k = in_widths[i];
                 weight_grad(gw, g, h, inputs[i] + r0 * k, k, k, n, g_pad);
                 gw += h * k;
-                if (!grad_inputs[i]) continue;
-                for (int64_t b = 0; b < n; b += RB) {
-                    const int m = n - b < RB ? (int)(n - b) : RB;
-                    for (int r = 0; r < RB; r++) {
-                        a_rows[r] = r < m ? g + (b + r) * h : zero_row;
-                        init_rows[r] = r < m && i == 0 && residual ? grad_out + (r0 + b + r) * h : zero_row;
-                        c_rows[r] = r < m ? grad_inputs[i] + (r0 + b + r) * k : NULL;
-                    }
-                    rows_gemm(a_rows, h, first_weights[i], first_ld[i], k, init_rows, c_rows, m);
-                }
+                if (grad_inputs[i])  // the residual passes the output's gradient to the first input (k == h)
+                    rows_product(g, n, h, first_weights[i], first_ld[i], k,
+                                 i == 0 && residual ? grad_out + r0 * h : NULL, grad_inputs[i] + r0 * k, zero_row);
             }
             if (gtab)
                 for (int64_t r = 0; r < n; r++)
