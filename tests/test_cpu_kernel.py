@@ -53,9 +53,12 @@ def assert_close_float32(actual, expected):
 
 
 @pytest.mark.parametrize("hidden_layers", [0, 1, 2])
-@pytest.mark.parametrize("latent,edge_counts", [(32, {"mesh": 301}), (64, {"mesh": 53, "world": 13})])
+@pytest.mark.parametrize(
+    "latent,edge_counts", [(32, {"mesh": 301}), (64, {"mesh": 53, "world": 13}), (128, {"mesh": 101, "world": 29})]
+)
 def test_kernel_block_equals_pytorch_block(calls, hidden_layers, latent, edge_counts):
-    """Ragged row blocks (12) and backward chunks (96), one or two edge sets, 0-2 hidden layers."""
+    """Ragged row blocks (12) and backward chunks (96), one or two edge sets, 0-2 hidden layers; widths of 128
+    take the forward's Strassen products."""
     torch.manual_seed(0)
     block = GraphNetBlock(latent, tuple(edge_counts), hidden_layers)
     g = torch.Generator().manual_seed(0)

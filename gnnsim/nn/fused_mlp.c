@@ -4,8 +4,10 @@
 //
 // Forward: rows go in blocks of RB = 12. Each Linear runs as H / 32 panels of 32 output columns: the 12 x 32
 // panel's 24 accumulators stay in registers while the inner loop broadcasts one input value per row and
-// multiplies it with one 32-wide row of the transposed weight. The block's activations stay in a 12 x H stack
-// buffer (L1); LayerNorm, residual and scatter read the last one from there. Backward: chunks of CH = 96 rows,
+// multiplies it with one 32-wide row of the transposed weight; where H % 128 == 0 and K % 32 == 0, one level of
+// Strassen's algorithm does the block's product in 7 / 8 of the multiplications instead (strassen_product).
+// The block's activations stay in a 12 x H stack buffer (L1); LayerNorm, residual and scatter read the last one
+// from there. Backward: chunks of CH = 96 rows,
 // last layer first; weight gradients are g^T x over the chunk's rows, input gradients g W.
 // Threads take contiguous blocks (static schedule: the same sums in the same order every run); each sums into
 // private buffers that are then added up.
@@ -21,15 +23,6 @@
 typedef struct {
     __m512 v[RB][2];
 } Acc;
-
-static inline __attribute__((always_inline)) void acc_fill(Acc *acc, const float *bias) {
-    __m512 b0 = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
-    __m512 b1 = bias ? _mm512_loadu_ps(bias + 16) : _mm512_setzero_ps();
-    for (int r = 0; r < RB; r++) {
-        acc->v[r][0] = b0;
-        acc->v[r][1] = b1;
-    }
-}
 
 // acc[r] += a_rows[r][0:k] @ w[0:k, 0:32] (w's rows ldw apart)
 static inline __attribute__((always_inline)) void acc_gemm(Acc *acc, const float *const *a_rows, int64_t k_len,
@@ -103,6 +96,149 @@ static void *scratch(size_t bytes) {
     return block;
 }
 
+// The first Linear's start: c[r, :] = bias (or 0) + the block's gathered table rows
+static void block_init(float *c, int64_t h, const float *bias, const float *table, const int64_t *index,
+                       int32_t index_cols, int64_t r0, int64_t nr) {
+    for (int r = 0; r < RB; r++) {
+        const int64_t *ix = table ? index + (r0 + (r < nr ? r : nr - 1)) * index_cols : NULL;
+        for (int64_t col = 0; col < h; col += 16) {
+            __m512 v = bias ? _mm512_loadu_ps(bias + col) : _mm512_setzero_ps();
+            for (int32_t j = 0; ix && j < index_cols; j++)
+                v = _mm512_add_ps(v, _mm512_loadu_ps(table + ix[j] * h + col));
+            _mm512_storeu_ps(c + r * h + col, v);
+        }
+    }
+}
+
+// One level of Strassen's algorithm where K % 32 == 0 and H % 128 == 0: the 12 x K block A, the K x H weight B
+// and the 12 x H result C split in 2 x 2 quadrants (6 rows, K / 2 and H / 2 columns), and C += A B costs seven
+// quadrant products instead of eight. The weight's seven combinations T_j are made once per call
+// (strassen_weights); the block's seven S_j here; each product S_j T_j is added to or subtracted from one or
+// two quadrants of C. Products run as 6 x 64 panels, 24 accumulators.
+#define SR (RB / 2)
+#define MAX_K 1024  // widest input the Strassen path takes (its combinations live on the stack)
+
+typedef struct {
+    __m512 v[SR][4];
+} Panel;
+
+enum { ADD, SUB, FIRST, LAST, NONE };
+
+// dst (6 x 64, rows ld apart) += or -= acc. FIRST: dst = acc + bias instead where bias is given (the quadrant's
+// first product); LAST: then ReLU where relu is set (its last).
+static inline __attribute__((always_inline)) void panel_write(float *dst, int64_t ld, const Panel *acc, int op,
+                                                              const float *bias, int relu) {
+    __m512 b[4];
+    for (int v = 0; v < 4; v++) b[v] = op == FIRST && bias ? _mm512_loadu_ps(bias + 16 * v) : _mm512_setzero_ps();
+#pragma GCC unroll 6
+    for (int r = 0; r < SR; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; v++) {
+            float *d = dst + r * ld + 16 * v;
+            __m512 x = op == FIRST && bias ? b[v] : _mm512_loadu_ps(d);
+            x = op == SUB ? _mm512_sub_ps(x, acc->v[r][v]) : _mm512_add_ps(x, acc->v[r][v]);
+            _mm512_storeu_ps(d, op == LAST && relu ? _mm512_max_ps(x, _mm512_setzero_ps()) : x);
+        }
+}
+
+// where S_j T_j goes: C11 = M1 + M4 - M5 + M7, C12 = M3 + M5, C21 = M2 + M4, C22 = M1 - M2 + M3 + M6 (quadrant
+// 0 C11, 1 C12, 2 C21, 3 C22), each quadrant's first and last product marked
+static const int8_t strassen_to[7][2] = {{0, 3}, {2, 3}, {1, 3}, {0, 2}, {0, 1}, {3, 3}, {0, 0}};
+static const int8_t strassen_op[7][2] = {{FIRST, FIRST}, {FIRST, SUB}, {FIRST, ADD}, {ADD, LAST}, {SUB, LAST},
+                                         {LAST, NONE}, {LAST, NONE}};
+
+// t[7][K / 2][H / 2] from the transposed weight wt [K, H]: B11 + B22, B11, B12 - B22, B21 - B11, B22,
+// B11 + B12, B21 + B22 (rows k0 <= k < k1 of each)
+static void strassen_weights(float *t, const float *wt, int64_t k, int64_t h, int64_t k0, int64_t k1) {
+    const int64_t k2 = k / 2, h2 = h / 2, st = k2 * h2;
+    for (int64_t i = k0; i < k1; i++)
+        for (int64_t col = 0; col < h2; col += 16) {
+            const float *top = wt + i * h + col, *bot = wt + (k2 + i) * h + col;
+            __m512 b11 = _mm512_loadu_ps(top), b12 = _mm512_loadu_ps(top + h2);
+            __m512 b21 = _mm512_loadu_ps(bot), b22 = _mm512_loadu_ps(bot + h2);
+            float *d = t + i * h2 + col;
+            _mm512_storeu_ps(d, _mm512_add_ps(b11, b22));
+            _mm512_storeu_ps(d + st, b11);
+            _mm512_storeu_ps(d + 2 * st, _mm512_sub_ps(b12, b22));
+            _mm512_storeu_ps(d + 3 * st, _mm512_sub_ps(b21, b11));
+            _mm512_storeu_ps(d + 4 * st, b22);
+            _mm512_storeu_ps(d + 5 * st, _mm512_add_ps(b11, b12));
+            _mm512_storeu_ps(d + 6 * st, _mm512_add_ps(b21, b22));
+        }
+}
+
+static void strassen_product(float *c, int64_t h, const float *const *a_rows, int64_t k, const float *t,
+                             const float *bias, int relu) {
+    const int64_t k2 = k / 2, h2 = h / 2, st = SR * k2;
+    float s[5 * SR * (MAX_K / 2)];  // [5][SR, K / 2]: A11 + A22, A21 + A22, A11 + A12, A21 - A11, A12 - A22
+    for (int r = 0; r < SR; r++)
+        for (int64_t i = 0; i < k2; i += 16) {
+            const float *top = a_rows[r] + i, *bot = a_rows[r + SR] + i;
+            __m512 a11 = _mm512_loadu_ps(top), a12 = _mm512_loadu_ps(top + k2);
+            __m512 a21 = _mm512_loadu_ps(bot), a22 = _mm512_loadu_ps(bot + k2);
+            float *d = s + r * k2 + i;
+            _mm512_storeu_ps(d, _mm512_add_ps(a11, a22));
+            _mm512_storeu_ps(d + st, _mm512_add_ps(a21, a22));
+            _mm512_storeu_ps(d + 2 * st, _mm512_add_ps(a11, a12));
+            _mm512_storeu_ps(d + 3 * st, _mm512_sub_ps(a21, a11));
+            _mm512_storeu_ps(d + 4 * st, _mm512_sub_ps(a12, a22));
+        }
+    static const int8_t combination[7] = {0, 1, -1, -2, 2, 3, 4};  // S_j in s, or -1 A11, -2 A22 in place
+    for (int j = 0; j < 7; j++) {
+        const float *a[SR];
+        for (int r = 0; r < SR; r++)
+            a[r] = combination[j] >= 0 ? s + combination[j] * st + r * k2
+                 : combination[j] == -1 ? a_rows[r] : a_rows[r + SR] + k2;
+        for (int64_t p = 0; p < h2; p += 64) {
+            Panel acc;
+            for (int r = 0; r < SR; r++)
+                for (int v = 0; v < 4; v++) acc.v[r][v] = _mm512_setzero_ps();
+            const float *b = t + j * k2 * h2 + p;
+            for (int64_t i = 0; i < k2; i++) {
+                const float *bi = b + i * h2;
+                __m512 b0 = _mm512_loadu_ps(bi), b1 = _mm512_loadu_ps(bi + 16);
+                __m512 b2 = _mm512_loadu_ps(bi + 32), b3 = _mm512_loadu_ps(bi + 48);
+#pragma GCC unroll 6
+                for (int r = 0; r < SR; r++) {
+                    __m512 x = _mm512_set1_ps(a[r][i]);
+                    acc.v[r][0] = _mm512_fmadd_ps(x, b0, acc.v[r][0]);
+                    acc.v[r][1] = _mm512_fmadd_ps(x, b1, acc.v[r][1]);
+                    acc.v[r][2] = _mm512_fmadd_ps(x, b2, acc.v[r][2]);
+                    acc.v[r][3] = _mm512_fmadd_ps(x, b3, acc.v[r][3]);
+                }
+            }
+#pragma GCC unroll 2
+            for (int e = 0; e < 2; e++) {
+                const int q = strassen_to[j][e], op = strassen_op[j][e];
+                if (op == NONE) continue;
+                const int64_t col = (q % 2) * h2 + p;
+                panel_write(c + (q / 2) * SR * h + col, h, &acc, op, bias ? bias + col : NULL, relu);
+            }
+        }
+    }
+}
+
+// c [RB, H] = bias + a @ wt (bias NULL: c += a @ wt) for the block's rows a_rows [RB][K], then ReLU where relu is
+// set: Strassen where t (wt's combinations) is given, else 12 x 32 panels
+static void block_linear(float *c, int64_t h, const float *const *a_rows, int64_t k, const float *wt,
+                         const float *t, const float *bias, int relu) {
+    if (t) {
+        strassen_product(c, h, a_rows, k, t, bias, relu);
+        return;
+    }
+    for (int64_t p = 0; p < h / 32; p++) {
+        Acc acc;
+        for (int r = 0; r < RB; r++) {
+            acc.v[r][0] = bias ? _mm512_loadu_ps(bias + p * 32) : _mm512_loadu_ps(c + r * h + p * 32);
+            acc.v[r][1] = bias ? _mm512_loadu_ps(bias + p * 32 + 16) : _mm512_loadu_ps(c + r * h + p * 32 + 16);
+        }
+        acc_gemm(&acc, a_rows, k, wt + p * 32, h);
+        acc_store(&acc, c + p * 32, h, relu);
+    }
+}
+
+static int strassen_fits(int64_t k, int64_t h) { return k % 32 == 0 && k <= MAX_K && h % 128 == 0; }
+
 // Returns 0; 1 when the arguments are out of the kernel's range (the caller checks first); 2 out of memory.
 int gnnsim_mlp_forward(
     int64_t rows, int64_t width,                                    // R, H (H % 32 == 0)
@@ -119,29 +255,47 @@ int gnnsim_mlp_forward(
     float *const *acts, float *pre_norm, float *mean, float *rstd)  // saved for a backward pass, or NULL
 {
     if (width % 32 != 0 || num_inputs < 1 || num_inputs > 8 || threads < 1) return 1;
-    const int64_t h = width, panels = width / 32, blocks = (rows + RB - 1) / RB;
-    // the weights transposed, [K, H]: the panels read one row of 32 output columns per input column
-    int64_t k_total = 0;
-    for (int32_t i = 0; i < num_inputs; i++) k_total += in_widths[i];
-    const int64_t w_size = h * (k_total + (int64_t)num_layers * h), inc_size = incoming ? num_nodes * h : 0;
+    const int64_t h = width, blocks = (rows + RB - 1) / RB;
+    // the weights transposed, [K, H]: the panels read one row of 32 output columns per input column; then
+    // the Strassen combinations of those it takes, 7 / 4 K H each
+    int64_t k_total = 0, t_total = 0;
+    for (int32_t i = 0; i < num_inputs; i++) {
+        k_total += in_widths[i];
+        if (strassen_fits(in_widths[i], h)) t_total += 7 * in_widths[i] / 2 * h / 2;
+    }
+    if (strassen_fits(h, h)) t_total += (int64_t)num_layers * 7 * h / 2 * h / 2;
+    const int64_t w_size = h * (k_total + (int64_t)num_layers * h) + t_total, inc_size = incoming ? num_nodes * h : 0;
     float *wt = scratch(sizeof(float) * (w_size + (threads - 1) * inc_size));  // + other threads' sums
     if (!wt) return 2;
-    const float *w1t[8], *wlt[num_layers > 0 ? num_layers : 1];
-    w1t[0] = wt;
-    for (int32_t i = 1; i < num_inputs; i++) w1t[i] = w1t[i - 1] + in_widths[i - 1] * h;
-    for (int32_t l = 0; l < num_layers; l++) wlt[l] = wt + (k_total + l * h) * h;
+    const int32_t matrices = num_inputs + num_layers;
+    const float *mt[matrices], *mc[matrices];  // each matrix transposed, and its combinations (NULL: none)
+    int64_t mk[matrices];                      // its input width
+    float *next = wt, *next_t = wt + h * (k_total + (int64_t)num_layers * h);
+    for (int32_t m = 0; m < matrices; m++) {
+        mk[m] = m < num_inputs ? in_widths[m] : h;
+        mt[m] = next;
+        next += mk[m] * h;
+        mc[m] = strassen_fits(mk[m], h) ? next_t : NULL;
+        if (mc[m]) next_t += 7 * mk[m] / 2 * h / 2;
+    }
 #pragma omp parallel num_threads(threads)
     {
-        const int64_t strips = h / 16, matrices = num_inputs + num_layers;
+        const int64_t strips = h / 16;
 #pragma omp for schedule(static)
         for (int64_t item = 0; item < matrices * strips; item++) {  // 16 rows of one weight, in 16 x 16 tiles
-            const int64_t m = item / strips, j0 = item % strips * 16;
+            const int64_t m = item / strips, j0 = item % strips * 16, k = mk[m];
             const float *src = m < num_inputs ? first_weights[m] : weights[m - num_inputs];
-            const int64_t k = m < num_inputs ? in_widths[m] : h, ld = m < num_inputs ? first_ld[m] : h;
-            float *dst = (float *)(m < num_inputs ? w1t[m] : wlt[m - num_inputs]);
+            const int64_t ld = m < num_inputs ? first_ld[m] : h;
+            float *dst = (float *)mt[m];
             for (int64_t c0 = 0; c0 < k; c0 += 16)
                 for (int64_t j = j0; j < j0 + 16; j++)
                     for (int64_t c = c0; c < c0 + 16 && c < k; c++) dst[c * h + j] = src[j * ld + c];
+        }
+#pragma omp for schedule(static)
+        for (int64_t item = 0; item < matrices * 16; item++) {  // a 16th of one matrix's combinations
+            const int64_t m = item / 16, part = item % 16, k2 = mk[m] / 2;
+            if (mc[m])
+                strassen_weights((float *)mc[m], mt[m], mk[m], h, k2 * part / 16, k2 * (part + 1) / 16);
         }
         float buf[2][RB * h];
         const int t = omp_get_thread_num();
@@ -151,37 +305,20 @@ int gnnsim_mlp_forward(
 #pragma omp for schedule(static) nowait
         for (int64_t blk = 0; blk < blocks; blk++) {
             const int64_t r0 = blk * RB, nr = rows - r0 < RB ? rows - r0 : RB;
-            // first Linear: table rows (or bias) + sum over inputs; a ragged block repeats its last row
-            for (int64_t p = 0; p < panels; p++) {
-                Acc acc;
-                acc_fill(&acc, first_bias ? first_bias + p * 32 : NULL);
-                if (table) {
-                    for (int r = 0; r < RB; r++) {
-                        const int64_t *ix = index + (r0 + (r < nr ? r : nr - 1)) * index_cols;
-                        for (int32_t j = 0; j < index_cols; j++) {
-                            const float *t = table + ix[j] * h + p * 32;
-                            acc.v[r][0] = _mm512_add_ps(acc.v[r][0], _mm512_loadu_ps(t));
-                            acc.v[r][1] = _mm512_add_ps(acc.v[r][1], _mm512_loadu_ps(t + 16));
-                        }
-                    }
-                }
-                for (int32_t i = 0; i < num_inputs; i++) {
-                    for (int r = 0; r < RB; r++) a_rows[r] = inputs[i] + (r0 + (r < nr ? r : nr - 1)) * in_widths[i];
-                    acc_gemm(&acc, a_rows, in_widths[i], w1t[i] + p * 32, h);
-                }
-                acc_store(&acc, buf[0] + p * 32, h, num_layers > 0);
+            // first Linear: bias and table rows, plus the inputs' products; a ragged block repeats its last row
+            if (table || !first_bias) block_init(buf[0], h, first_bias, table, index, index_cols, r0, nr);
+            for (int32_t i = 0; i < num_inputs; i++) {
+                for (int r = 0; r < RB; r++) a_rows[r] = inputs[i] + (r0 + (r < nr ? r : nr - 1)) * in_widths[i];
+                block_linear(buf[0], h, a_rows, in_widths[i], mt[i], mc[i],
+                             i == 0 && !table ? first_bias : NULL, i == num_inputs - 1 && num_layers > 0);
             }
             // later Linears, ping-ponging between the two buffers
             int cur = 0;
             for (int32_t l = 0; l < num_layers; l++) {
                 if (acts) save(acts[l] + r0 * h, buf[cur], nr * h);
                 for (int r = 0; r < RB; r++) a_rows[r] = buf[cur] + r * h;
-                for (int64_t p = 0; p < panels; p++) {
-                    Acc acc;
-                    acc_fill(&acc, biases[l] + p * 32);
-                    acc_gemm(&acc, a_rows, h, wlt[l] + p * 32, h);
-                    acc_store(&acc, buf[1 - cur] + p * 32, h, l < num_layers - 1);
-                }
+                block_linear(buf[1 - cur], h, a_rows, h, mt[num_inputs + l], mc[num_inputs + l], biases[l],
+                             l < num_layers - 1);
                 cur = 1 - cur;
             }
             // LayerNorm (biased variance, as torch), residual, sum into receivers
