@@ -101,18 +101,17 @@ def test_tiled_mlp_gradcheck(small_tiles):
     torch.manual_seed(0)
     mlp = MLP(3 + 2, 4, 3, hidden_layers=1).double()
     x1, x2 = torch.randn(9, 3, dtype=torch.float64), torch.randn(9, 2, dtype=torch.float64)
-    table = torch.randn(6, 4, dtype=torch.float64)
-    index, receivers = torch.randint(0, 6, (9, 2)), torch.randint(0, 5, (9,))
+    nodes, node_weights = torch.randn(6, 2, dtype=torch.float64), torch.randn(2, 4, 2, dtype=torch.float64).unbind()
+    index, receivers = tuple(torch.randint(0, 6, (2, 9))), torch.randint(0, 5, (9,))
     weights = mlp.first.weight.detach().split([3, 2], dim=1)
-    later = [p.detach() for p in mlp.parameters()][2:]  # not the first Linear's: split; table has its bias
-    inputs = [x1, x2, table, *weights, *later]
+    params = [p.detach() for p in mlp.parameters()][1:]  # the first bias, the later Linear, the LayerNorm
+    inputs = [x1, x2, *weights, *params, nodes, *node_weights]
     for t in inputs:
         t.requires_grad_(True)
-    layout = _Layout(num_inputs=2, num_layers=1, table=True, eps=mlp.norm.eps, residual=False, scatter=True)
+    layout = _Layout(num_inputs=2, num_layers=1, gather=2, eps=mlp.norm.eps, residual=False, scatter=True)
 
-    def fn(x1, x2, table, w1, w2, w_hidden, b_hidden, ln_w, ln_b):
-        params = (w1, w2, w_hidden, b_hidden, ln_w, ln_b)
-        return TiledMLP.apply(layout, 5, table, index, receivers, x1, x2, *params)
+    def fn(*tensors):
+        return TiledMLP.apply(layout, 5, receivers, *index, *tensors)
 
     assert torch.autograd.gradcheck(fn, inputs)
 

@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import synthetic_flow_batch
 from gnnsim.nn import cpu_kernel
-from gnnsim.nn.blocks import GraphNetBlock, fused_mlp, project_nodes
+from gnnsim.nn.blocks import GraphNetBlock, fused_mlp, split_edge_mlp
 from gnnsim.nn.encode_process_decode import ModelConfig
 from gnnsim.nn.mlp import MLP
 from gnnsim.simulators.flow import FlowSimulator
@@ -79,7 +79,7 @@ def test_kernel_block_equals_pytorch_block(calls, hidden_layers, latent, edge_co
 
 
 def test_kernel_on_one_and_two_threads():
-    """Two threads: each sums into its own buffers (receivers forward, the table backward), then they add up."""
+    """Two threads: each sums into its own buffers (receivers forward, the projections backward), then they add up."""
     torch.manual_seed(0)
     block = GraphNetBlock(32, ("mesh", "world"))
     nodes, edges = torch.randn(20, 32), {"mesh": torch.randn(250, 32), "world": torch.randn(37, 32)}
@@ -119,16 +119,20 @@ def test_no_edges_and_a_single_node():
             assert_close_float32(kernel, block_outputs_and_gradients(block, nodes, edges, topology))
 
 
-def test_out_of_range_index_is_an_error_not_a_crash():
+@pytest.mark.parametrize("bad", [4, -1, 1 << 40])
+def test_out_of_range_index_is_an_error_not_a_crash(bad):
     torch.manual_seed(0)
     mlp = MLP(96, 32, 32)
     nodes, edges = torch.randn(4, 32), torch.randn(6, 32)
-    table, index, w_edge = project_nodes(mlp, nodes, torch.tensor([0, 1, 2, 3, 0, 1]), torch.tensor([1] * 6))
-    index[2, 1] = table.shape[0]
-    with torch.no_grad(), pytest.raises(IndexError, match="out of range for a table of 8 rows"):
-        fused_mlp(mlp, [edges], [w_edge], table, index)
-    with torch.no_grad(), pytest.raises(IndexError, match="receivers out of range for 4 nodes"):
-        fused_mlp(mlp, [edges], [w_edge], table, index.clamp(max=7), receivers=torch.tensor([4] * 6), num_nodes=4)
+    senders, receivers = torch.tensor([0, 1, 2, 3, 0, 1]), torch.tensor([1] * 6)
+    gather, w_edge = split_edge_mlp(mlp, nodes, senders, receivers)
+    with torch.no_grad():
+        fused_mlp(mlp, [edges], [w_edge], gather, receivers=receivers, num_nodes=4)  # in range: runs
+        wrong = torch.tensor([0, 1, bad, 3, 0, 1])
+        with pytest.raises(IndexError, match="out of range"):
+            fused_mlp(mlp, [edges], [w_edge], gather._replace(index=(senders, wrong)))
+        with pytest.raises(IndexError, match="out of range"):
+            fused_mlp(mlp, [edges], [w_edge], gather, receivers=wrong, num_nodes=4)
 
 
 def test_flow_step_and_loss_match_the_plain_model(calls):

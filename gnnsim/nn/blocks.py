@@ -5,19 +5,20 @@ Two implementations of one function, chosen by ``fused``:
 - plain: concatenate ``[x_s; x_r; e]`` and ``[v; sum e']`` and apply the MLPs (the textbook form; the
   reference).
 - fused: build no concatenation. The first Linear is split by input, ``W [x_s; x_r; e] = W_s x_s + W_r x_r +
-  W_e e``, so node latents are projected once per node (the receiver's projection carrying the bias) and the
-  projections gathered per edge. On CPU the MLPs then run tile by tile over rows, forward and backward
-  (``TiledMLP``), with the residual and the sum over incoming edges taken on each tile: ReLUs in place, no
-  concatenation or gather copies, inference tiles in reused buffers, gradients of the gathers summed by
-  ``index_add_`` (not ``index_put_``), only the tensors the backward pass reads written out. Where the fused CPU
-  kernel runs (float32, AVX-512, widths that are multiples of 32: ``gnnsim.nn.cpu_kernel``), each MLP is one
-  kernel call forward and one backward instead, saving the same tensors.
+  W_e e``, so node latents are projected once per node and the projections gathered per edge (``Gather``). On
+  CPU the MLPs then run tile by tile over rows, forward and backward (``TiledMLP``), with the residual and the
+  sum over incoming edges taken on each tile: ReLUs in place, no concatenation or gather copies, inference
+  tiles in reused buffers, gradients of the gathers summed by ``index_add_`` (not ``index_put_``), only the
+  tensors the backward pass reads written out. Where the fused CPU kernel runs (float32, AVX-512, widths that
+  are multiples of 32: ``gnnsim.nn.cpu_kernel``), each MLP is one kernel call forward and one backward
+  instead, saving the same tensors.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -48,49 +49,49 @@ def edge_mlp_forward(
     """
     if not fused:
         return mlp(torch.cat([nodes[senders], nodes[receivers], edges], dim=-1))
-    table, index, w_edge = project_nodes(mlp, nodes, senders, receivers)
-    return fused_mlp(mlp, [edges], [w_edge], table, index)[0]
+    gather, w_edge = split_edge_mlp(mlp, nodes, senders, receivers)
+    return fused_mlp(mlp, [edges], [w_edge], gather)[0]
 
 
-def project_nodes(
-    mlp: MLP, nodes: Tensor, senders: Tensor, receivers: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Split an edge MLP's first layer ``[W_s | W_r | W_e]`` and project the node latents [N, F] once.
+class Gather(NamedTuple):
+    """Node rows an MLP's first Linear adds to each of its rows: ``sum_j (nodes @ weights[j].T)[index[j]]``.
 
-    Returns:
-        ``table`` [2N, H] (row 2n is ``W_s x_n``, row 2n + 1 is ``W_r x_n + b``: the first bias rides on the
-        receiver's row, so each edge gets it once), ``index`` [E, 2] (the two rows each edge sums: 2 s and
-        2 r + 1) and ``W_e`` [H, F_edge], the columns applied to edge latents.
+    The projections are computed once per node and gathered per row (an edge MLP's ``W_s x_s + W_r x_r``).
     """
-    f, w, b = nodes.shape[1], mlp.first.weight, mlp.first.bias
-    bias = torch.cat([torch.zeros_like(b), b])  # [2H]: none on the sender half, b on the receiver half
-    table = torch.addmm(bias, nodes, torch.cat([w[:, :f], w[:, f : 2 * f]]).T).view(-1, w.shape[0])  # [2N, H]
-    return table, torch.stack([2 * senders, 2 * receivers + 1], dim=1), w[:, 2 * f :]
+
+    nodes: Tensor  # [M, F]
+    weights: tuple[Tensor, ...]  # [H, F] each
+    index: tuple[Tensor, ...]  # [R] each: the node each row takes
+
+
+def split_edge_mlp(mlp: MLP, nodes: Tensor, senders: Tensor, receivers: Tensor) -> tuple[Gather, Tensor]:
+    """Split an edge MLP's first layer ``[W_s | W_r | W_e]``: return the node projections to gather (senders
+    through ``W_s``, receivers through ``W_r``) and ``W_e`` [H, F_edge], the columns applied to edge latents."""
+    f, w = nodes.shape[1], mlp.first.weight
+    return Gather(nodes, (w[:, :f], w[:, f : 2 * f]), (senders, receivers)), w[:, 2 * f :]
 
 
 def fused_mlp(
     mlp: MLP,
     inputs: Sequence[Tensor],
     weights: Sequence[Tensor],
-    table: Tensor | None = None,
-    index: Tensor | None = None,
+    gather: Gather | None = None,
     residual: bool = False,
     receivers: Tensor | None = None,
     num_nodes: int = 0,
 ) -> tuple[Tensor, Tensor | None]:
     """Apply ``mlp`` with its first Linear split by input, concatenating nothing; optionally add and sum it.
 
-    The first pre-activation is ``sum_k inputs[k] @ weights[k].T + sum_j table[index[:, j]]``, plus the
-    first Linear's bias when there is no table (``project_nodes`` puts it in the table's rows); the later
-    layers are ``mlp``'s own. Runs tile by tile on CPU (``TiledMLP``); elsewhere as whole-tensor autograd ops
-    (GPU kernels are fast and launches are not), and so under ``torch.compile``, which fuses them.
+    The first pre-activation is ``b + sum_k inputs[k] @ weights[k].T + sum_j (g.nodes @ g.weights[j].T)[g.index[j]]``
+    for ``g = gather``; the later layers are ``mlp``'s own. Runs tile by tile on CPU (``TiledMLP``); elsewhere as
+    whole-tensor autograd ops (GPU kernels are fast and launches are not), and so under ``torch.compile``, which
+    fuses them.
 
     Args:
-        mlp: the MLP whose later layers (and first bias, without ``table``) are applied.
+        mlp: the MLP whose first bias and later layers are applied.
         inputs: dense inputs [R, F_k].
         weights: the first Linear's columns for each input, [H, F_k].
-        table: optional rows [T, H] to gather, e.g. ``project_nodes``' node projections (bias included).
-        index: [R, J] rows of ``table`` added to each row's pre-activation.
+        gather: optional node projections added per row (``split_edge_mlp``: an edge's sender and receiver).
         residual: return ``inputs[0] + MLP(...)`` (the latent update) instead of ``MLP(...)``.
         receivers: [R] target rows to also sum ``MLP(...)`` into, as ``sum_incoming`` does.
         num_nodes: rows of that sum.
@@ -100,19 +101,24 @@ def fused_mlp(
     """
     first, *rest = mlp.linears
     norm = mlp.norm
-    bias = first.bias if table is None else None
     cpu_float = inputs[0].device.type == "cpu" and not torch.is_autocast_enabled("cpu")
     if cpu_float and not torch.compiler.is_compiling():
         eps = None if norm is None else norm.eps
-        layout = _Layout(len(inputs), len(rest), table is not None, eps, residual, receivers is not None)
-        tensors = [*inputs, *weights, *([] if bias is None else [bias])]
+        count = 0 if gather is None else len(gather.index)
+        layout = _Layout(len(inputs), len(rest), count, eps, residual, receivers is not None)
+        tensors = [*inputs, *weights, first.bias]
         tensors += [p for layer in rest for p in (layer.weight, layer.bias)]
         tensors += [] if norm is None else [norm.weight, norm.bias]
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (table, *tensors) if t is not None):
-            out = TiledMLP.apply(layout, num_nodes, table, index, receivers, *tensors)
+        tensors += [] if gather is None else [gather.nodes, *gather.weights]
+        index = () if gather is None else tuple(gather.index)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            out = TiledMLP.apply(layout, num_nodes, receivers, *index, *tensors)
             return out if layout.scatter else (out, None)
-        return _tiled_forward(layout, num_nodes, table, index, receivers, tensors, save=False)[0]
-    h = bias if table is None else sum(table.index_select(0, rows) for rows in index.unbind(1))
+        return _tiled_forward(layout, num_nodes, index, receivers, tensors, save=False)[0]
+    h = first.bias
+    if gather is not None:  # projected per node (the bias in the last projection), then gathered
+        table = _gather_table(gather[:2], first.bias)
+        h = sum(table.index_select(0, rows) for rows in _gather_rows(gather.index).unbind(1))
     for x, w in zip(inputs, weights):
         h = torch.addmm(h, x, w.T)  # [R, H]
     for layer in rest:
@@ -126,15 +132,15 @@ def fused_mlp(
 class _Layout:
     """What ``TiledMLP`` computes and how its flat tensor arguments are laid out.
 
-    The tensors are: ``num_inputs`` inputs, their first-layer weights, the first bias unless ``table`` (the
-    gathered table rows carry it), the (weight, bias) of each of the ``num_layers`` later Linears, then the
-    LayerNorm's weight and bias unless ``eps`` is None. ``residual`` adds the first input to the output;
-    ``scatter`` also sums the MLP's output by receivers.
+    The tensors are: ``num_inputs`` inputs, their first-layer weights, the first bias, the (weight, bias) of
+    each of the ``num_layers`` later Linears, the LayerNorm's weight and bias unless ``eps`` is None, then, with
+    ``gather`` > 0, the gathered nodes and that many projection weights (``Gather``). ``residual`` adds the first
+    input to the output; ``scatter`` also sums the MLP's output by receivers.
     """
 
     num_inputs: int
     num_layers: int
-    table: bool
+    gather: int
     eps: float | None
     residual: bool
     scatter: bool
@@ -142,16 +148,21 @@ class _Layout:
     @property
     def num_tensors(self) -> int:
         """Return the number of flat tensor arguments."""
-        return 2 * self.num_inputs + (not self.table) + 2 * self.num_layers + (0 if self.eps is None else 2)
+        gathered = self.gather + 1 if self.gather else 0
+        return 2 * self.num_inputs + 1 + 2 * self.num_layers + (0 if self.eps is None else 2) + gathered
 
     def unpack(self, tensors: Sequence[Tensor]):
-        """Return (inputs, first weights, first bias or None, later (weight, bias)s, LayerNorm's or None)."""
+        """Return (inputs, first weights, first bias, later (weight, bias)s, LayerNorm's or None, (gathered nodes,
+        their weights) or None)."""
         n, m = self.num_inputs, self.num_layers
-        xs, ws, b0 = tensors[:n], tensors[n : 2 * n], None if self.table else tensors[2 * n]
-        i = 2 * n + (not self.table)
+        xs, ws, b0 = tensors[:n], tensors[n : 2 * n], tensors[2 * n]
+        i = 2 * n + 1
         layers = [(tensors[i + 2 * k], tensors[i + 2 * k + 1]) for k in range(m)]
-        norm = None if self.eps is None else (tensors[i + 2 * m], tensors[i + 2 * m + 1])
-        return xs, ws, b0, layers, norm
+        i += 2 * m
+        norm = None if self.eps is None else (tensors[i], tensors[i + 1])
+        i += 0 if self.eps is None else 2
+        gathered = (tensors[i], tensors[i + 1 : i + 1 + self.gather]) if self.gather else None
+        return xs, ws, b0, layers, norm, gathered
 
 
 def _widths(first_weights: Sequence[Tensor], layers: Sequence[tuple[Tensor, Tensor]]) -> list[int]:
@@ -164,14 +175,37 @@ def _tile_rows(widths: Sequence[int]) -> int:
     return max(1, TILE_ELEMENTS * torch.get_num_threads() // max(widths))
 
 
-def _tiled_forward(layout, num_nodes, table, index, receivers, tensors, save):
+def _gather_table(gathered, bias):
+    """The PyTorch paths' projections: [M J, H], row ``J m + j`` holding ``nodes[m] @ weights[j].T`` (plus
+    ``bias`` for the last j: each row gathers it once). One GEMM for all J."""
+    nodes, weights = gathered
+    count, width = len(weights), weights[0].shape[0]
+    biases = torch.cat([bias.new_zeros((count - 1) * width), bias])
+    return torch.addmm(biases, nodes, torch.cat(weights).T).view(-1, width)
+
+
+def _gather_rows(index):
+    """The rows [R, J] of ``_gather_table`` each row sums (``embedding_bag(rows, table, mode="sum")``)."""
+    return torch.stack([i * len(index) + j for j, i in enumerate(index)], dim=1)
+
+
+def _gather_grads(g_table, gathered, needs):
+    """From the gathered projections' gradient [M, J, H] (or [M J, H]): the nodes' (where ``needs[0]``) and
+    each projection weight's."""
+    nodes, weights = gathered
+    g = g_table.reshape(nodes.shape[0], -1)  # [M, J H]
+    g_nodes = g @ torch.cat(weights) if needs[0] else None
+    return g_nodes, list((g.T @ nodes).split(weights[0].shape[0]))
+
+
+def _tiled_forward(layout, num_nodes, index, receivers, tensors, save):
     """Run ``TiledMLP``'s computation; return ((out, incoming or None), saved tensors or None).
 
     With ``save``, every post-ReLU activation, the LayerNorm input and its mean and rstd are written to
     full-size buffers (what autograd would keep); without it, each layer writes one tile-sized buffer, reused
     by every tile (it stays in cache). The fused CPU kernel, where it runs, does all of it in one call.
     """
-    xs, ws, b0, layers, norm = layout.unpack(tensors)
+    xs, ws, b0, layers, norm, gathered = layout.unpack(tensors)
     rows, last = xs[0].shape[0], len(layers)
     widths = _widths(ws, layers)
     acts = pre_norm = mean = rstd = None
@@ -180,20 +214,23 @@ def _tiled_forward(layout, num_nodes, table, index, receivers, tensors, save):
         if norm is not None:
             pre_norm = xs[0].new_empty(rows, widths[-1])
             mean, rstd = xs[0].new_empty(rows, 1), xs[0].new_empty(rows, 1)
-    kernel_tensors = [*xs, *ws, *([] if table is None else [table])]
+    kernel_tensors = [*xs, *ws, *([] if gathered is None else [gathered[0], *gathered[1]])]
     fits = cpu_kernel.supports(kernel_tensors, widths, num_nodes if layout.scatter else 0)
     if fits and not (layout.residual and xs[0].shape[1] != widths[-1]):
         outputs = cpu_kernel.mlp_forward(
-            xs, ws, b0, layers, None if norm is None else (*norm, layout.eps), table, index, layout.residual,
-            receivers, num_nodes, (acts, pre_norm, mean, rstd) if save else None,
+            xs, ws, b0, layers, None if norm is None else (*norm, layout.eps),
+            None if gathered is None else (*gathered, index), layout.residual, receivers, num_nodes,
+            (acts, pre_norm, mean, rstd) if save else None,
         )
         return outputs, (acts, pre_norm, mean, rstd) if save else None
     out = xs[0].new_empty(rows, widths[-1])
     tile = _tile_rows(widths)
     w_ts = [w.T.contiguous() for w in ws]  # [F_k, H]: the GEMMs run faster on row-major right operands
     layer_ts = [(w.T.contiguous(), b) for w, b in layers]
+    table = None if gathered is None else _gather_table(gathered, b0)
+    table_rows = None if gathered is None else _gather_rows(index)
     incoming = out.new_zeros(num_nodes, widths[-1]) if layout.scatter else None
-    if not save:  # one tile per layer (the first is unused with a table: embedding_bag allocates the tile)
+    if not save:  # one tile per layer (the first is unused with a gather: embedding_bag allocates the tile)
         scratch = [out.new_empty(min(tile, rows), w) for w in widths]
     for start in range(0, rows, tile):
         sl = slice(start, min(start + tile, rows))
@@ -204,8 +241,8 @@ def _tiled_forward(layout, num_nodes, table, index, receivers, tensors, save):
             else:
                 dst = scratch[k][: sl.stop - start]
             if k == 0:
-                if layout.table:  # the gathered rows hold the bias; add to them (in place unless saving)
-                    h = F.embedding_bag(index[sl], table, mode="sum")
+                if table is not None:  # the gathered rows (with the bias); add to them (in place unless saving)
+                    h = F.embedding_bag(table_rows[sl], table, mode="sum")
                     h = torch.addmm(h, xs[0][sl], w_ts[0], out=dst if save else h)
                 else:
                     h = torch.addmm(b0, xs[0][sl], w_ts[0], out=dst)
@@ -232,48 +269,55 @@ def _tiled_forward(layout, num_nodes, table, index, receivers, tensors, save):
 class TiledMLP(torch.autograd.Function):
     """``fused_mlp`` on CPU: an MLP with a split first layer, run and differentiated tile by tile over rows.
 
-    Arguments are ``(layout, num_nodes, table, index, receivers, *tensors)`` as ``_Layout`` describes; returns
-    ``out``, or ``(out, incoming)`` with ``layout.scatter``. The backward pass walks the same tiles through
-    the layers in reverse, accumulating weight gradients with ``addmm_`` and the table's with ``index_add_``
-    (or, where it runs, is one call of the fused CPU kernel's backward).
+    Arguments are ``(layout, num_nodes, receivers, *index, *tensors)`` as ``_Layout`` describes (``index``: the
+    gather's, ``layout.gather`` of them); returns ``out``, or ``(out, incoming)`` with ``layout.scatter``. The
+    backward pass walks the same tiles through the layers in reverse, accumulating weight gradients with
+    ``addmm_`` and the gathered projections' with ``index_add_`` (or, where it runs, is one call of the fused CPU
+    kernel's backward).
     """
 
     @staticmethod
-    def forward(ctx, layout, num_nodes, table, index, receivers, *tensors):
+    def forward(ctx, layout, num_nodes, receivers, *args):
+        index, tensors = args[: layout.gather], args[layout.gather :]
         (out, incoming), (acts, pre_norm, mean, rstd) = _tiled_forward(
-            layout, num_nodes, table, index, receivers, tensors, save=True
+            layout, num_nodes, index, receivers, tensors, save=True
         )
-        ctx.layout, ctx.table_shape = layout, None if table is None else table.shape
-        optional = [t for t in (index, receivers, pre_norm, mean, rstd) if t is not None]
-        ctx.save_for_backward(*tensors, *acts, *optional)
+        ctx.layout = layout
+        optional = [t for t in (receivers, pre_norm, mean, rstd) if t is not None]
+        ctx.save_for_backward(*tensors, *acts, *index, *optional)
         return (out, incoming) if layout.scatter else out
 
     @staticmethod
     def backward(ctx, grad_out, grad_incoming=None):
-        layout, needs = ctx.layout, ctx.needs_input_grad
+        layout, needs = ctx.layout, ctx.needs_input_grad[3 + ctx.layout.gather :]  # per flat tensor
         saved = list(ctx.saved_tensors)
         tensors, saved = saved[: layout.num_tensors], saved[layout.num_tensors :]
         acts, saved = saved[: layout.num_layers], saved[layout.num_layers :]
-        index = saved.pop(0) if ctx.table_shape is not None else None
+        index, saved = saved[: layout.gather], saved[layout.gather :]
         receivers = saved.pop(0) if layout.scatter else None
         pre_norm, mean, rstd = saved if layout.eps is not None else (None, None, None)
-        xs, ws, b0, layers, norm = layout.unpack(tensors)
+        xs, ws, b0, layers, norm, gathered = layout.unpack(tensors)
+        skip = (None,) * (3 + layout.gather)  # layout, num_nodes, receivers, index
 
         grad_out = grad_out.contiguous()
-        needs_x = needs[5 : 5 + layout.num_inputs]
+        needs_x = needs[: layout.num_inputs]
+        needs_nodes = needs[layout.num_tensors - layout.gather - 1 : layout.num_tensors - layout.gather]
         widths = _widths(ws, layers)
-        table_rows = ctx.table_shape[0] if ctx.table_shape is not None and needs[2] else 0
-        if cpu_kernel.supports([*xs, *ws], widths, table_rows) and all(x.shape[1] % 32 == 0 for x in xs):
+        kernel_tensors = [*xs, *ws, *([] if gathered is None else [gathered[0], *gathered[1]])]
+        table_rows = 0 if gathered is None else gathered[0].shape[0] * layout.gather  # the threads' own sums
+        if cpu_kernel.supports(kernel_tensors, widths, table_rows) and all(x.shape[1] % 32 == 0 for x in xs):
             g_xs, g_ws, g_b0, g_layers, g_norm, g_table = cpu_kernel.mlp_backward(
-                xs, ws, b0, layers, norm, (acts, pre_norm, mean, rstd), grad_out, needs_x, table_rows or None,
-                index, layout.residual, receivers, grad_incoming,
+                xs, ws, b0, layers, norm, (acts, pre_norm, mean, rstd), grad_out, needs_x,
+                None if gathered is None else (*gathered, index), layout.residual, receivers, grad_incoming,
             )
-            grads = [*g_xs, *g_ws, *([] if g_b0 is None else [g_b0]), *(g for pair in g_layers for g in pair)]
-            return (None, None, g_table, None, None, *grads, *(g_norm or ()))
-        g_table = grad_out.new_zeros(ctx.table_shape) if ctx.table_shape is not None and needs[2] else None
+            g_gathered = () if gathered is None else _gather_grads(g_table, gathered, needs_nodes)
+            grads = [*g_xs, *g_ws, g_b0, *(g for pair in g_layers for g in pair), *(g_norm or ())]
+            return (*skip, *grads, *_flat(g_gathered))
+        table_rows = None if gathered is None else _gather_rows(index)
+        g_table = None if gathered is None else b0.new_zeros(gathered[0].shape[0] * layout.gather, b0.shape[0])
         g_xs = [x.new_empty(x.shape) if need else None for x, need in zip(xs, needs_x)]
         g_ws = [torch.zeros_like(w) for w in ws]
-        g_b0 = [] if b0 is None else [torch.zeros_like(b0)]
+        g_b0 = torch.zeros_like(b0)
         g_layers = [(torch.zeros_like(w), torch.zeros_like(b)) for w, b in layers]
         g_norm = () if norm is None else (torch.zeros_like(norm[0]), torch.zeros_like(norm[1]))
         rows = grad_out.shape[0]
@@ -295,8 +339,7 @@ class TiledMLP(torch.autograd.Function):
                 g_weight.addmm_(g.T, a)
                 g = g @ weight
                 torch.ops.aten.threshold_backward.grad_input(g, a, 0, grad_input=g)  # ReLU's backward
-            for g_bias in g_b0:
-                g_bias.add_(g.sum(0))
+            g_b0.add_(g.sum(0))
             for i, (x, w, g_x, g_w) in enumerate(zip(xs, ws, g_xs, g_ws)):
                 g_w.addmm_(g.T, x[sl])
                 if g_x is not None and i == 0 and layout.residual:
@@ -304,10 +347,16 @@ class TiledMLP(torch.autograd.Function):
                 elif g_x is not None:
                     torch.mm(g, w, out=g_x[sl])
             if g_table is not None:
-                for table_rows in index[sl].unbind(1):
-                    g_table.index_add_(0, table_rows, g)
-        grads = [*g_xs, *g_ws, *g_b0, *(g for pair in g_layers for g in pair), *g_norm]
-        return (None, None, g_table, None, None, *grads)
+                for table_index in table_rows[sl].unbind(1):
+                    g_table.index_add_(0, table_index, g)
+        g_gathered = () if gathered is None else _gather_grads(g_table, gathered, needs_nodes)
+        grads = [*g_xs, *g_ws, g_b0, *(g for pair in g_layers for g in pair), *g_norm]
+        return (*skip, *grads, *_flat(g_gathered))
+
+
+def _flat(g_gathered):
+    """``(g_nodes, [g_weight, ...])`` as flat gradients (nothing without a gather)."""
+    return () if not g_gathered else (g_gathered[0], *g_gathered[1])
 
 
 class GraphNetBlock(nn.Module):
@@ -337,9 +386,9 @@ class GraphNetBlock(nn.Module):
         for name, mlp in self.edge_mlps.items():
             senders, receivers = topology[name]
             if self.fused:  # the residual and the sum over incoming edges are taken tile by tile, in cache
-                table, index, w_edge = project_nodes(mlp, nodes, senders, receivers)
+                gather, w_edge = split_edge_mlp(mlp, nodes, senders, receivers)
                 new_edges[name], incoming = fused_mlp(
-                    mlp, [edges[name]], [w_edge], table, index, True, receivers, nodes.shape[0]
+                    mlp, [edges[name]], [w_edge], gather, True, receivers, nodes.shape[0]
                 )
             else:
                 e = edge_mlp_forward(mlp, nodes, edges[name], senders, receivers, fused=False)

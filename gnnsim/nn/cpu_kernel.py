@@ -1,18 +1,19 @@
 """The fused CPU MLP kernel (``fused_mlp.c``): built on first use with the system's C compiler, called by ctypes.
 
-One call runs a whole MeshGraphNets MLP over all rows, blocks of 12 rows at a time with every activation in L1:
-the split first Linear with its gather, ReLUs, later Linears, LayerNorm, residual and the sum into receivers;
-a second call runs its backward pass. On the bench graph an edge MLP's forward runs at 94 % of the CPU's
-float32 FMA peak, against ~60 % for the tiled PyTorch path in ``gnnsim.nn.blocks`` (``docs/benchmarks.md``).
+One call runs a whole MeshGraphNets MLP over all rows, blocks of 12 rows at a time with every activation in
+L1: the split first Linear with its gathered node projections (computed in the same call), ReLUs, later
+Linears, LayerNorm, residual and the sum into receivers; a second call runs its backward pass. On the bench
+graph an edge MLP's forward runs at 94 % of the CPU's float32 FMA peak, against ~60 % for the tiled PyTorch
+path in ``gnnsim.nn.blocks`` (``docs/benchmarks.md``).
 
 It is used for float32 on CPUs with AVX-512 (``torch.backends.cpu.get_cpu_capability()``), when layer widths
 are multiples of 32, outside ``TorchDispatchMode``s (a FLOP counter sees the PyTorch path's matmuls, the same
-products), and while the threads' private sums (into receivers forward, into the gathered table backward) fit
-in ``THREAD_BUFFERS`` bytes. The library is compiled with ``-march=native`` into ``$GNNSIM_CACHE`` (default
-``~/.cache/gnnsim``) under a name keyed by the source, the flags and the CPU, so a home folder shared by
-different machines keeps one build per CPU. Where the build fails (no ``$CC``, default ``cc``) gnnsim warns
-once and runs the PyTorch path, the same function to float32 rounding; ``GNNSIM_CPU_KERNEL=0`` chooses that
-path without a warning.
+products), and while the threads' private sums (into receivers forward, into the gathered projections
+backward) fit in ``THREAD_BUFFERS`` bytes. The library is compiled with ``-march=native`` into
+``$GNNSIM_CACHE`` (default ``~/.cache/gnnsim``) under a name keyed by the source, the flags and the CPU, so a
+home folder shared by different machines keeps one build per CPU. Where the build fails (no ``$CC``, default
+``cc``) gnnsim warns once and runs the PyTorch path, the same function to float32 rounding;
+``GNNSIM_CPU_KERNEL=0`` chooses that path without a warning.
 """
 
 from __future__ import annotations
@@ -35,15 +36,15 @@ from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 SOURCE = Path(__file__).with_name("fused_mlp.c")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11")
-THREAD_BUFFERS = 1 << 28  # bytes: per-thread sums into receivers (forward) and into the table (backward)
+THREAD_BUFFERS = 1 << 28  # bytes: per-thread sums into receivers (forward), into projections (backward)
 _P, _I64, _I32, _F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_float
 _FORWARD = [  # gnnsim_mlp_forward's arguments, as grouped in fused_mlp.c
-    _I64, _I64, _I32, _P, _P, _P, _P, _P, _P, _P, _I32, _I32, _P, _P, _P, _P, _F32, _P, _P, _P, _P, _I64, _I32,
-    _P, _P, _P, _P,
+    _I64, _I64, _I32, _P, _P, _P, _P, _P, _I32, _P, _I64, _I64, _P, _P, _P, _I32, _P, _P, _P, _P, _F32, _P, _P, _P,
+    _P, _I64, _I32, _P, _P, _P, _P,
 ]
 _BACKWARD = [  # gnnsim_mlp_backward's
-    _I64, _I64, _I32, _P, _P, _P, _P, _P, _I32, _P, _I64, _I32, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I32, _P, _P,
-    _P, _P, _P, _P, _I32,
+    _I64, _I64, _I32, _P, _P, _P, _P, _I32, _P, _P, _I64, _I32, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I32, _P,
+    _P, _P, _P, _P, _P, _I32,
 ]
 
 
@@ -134,6 +135,8 @@ def _int64s(values) -> ctypes.Array:
 
 def _check(status: int, what: str) -> None:
     """Raise for a kernel call's nonzero status: 1, arguments out of its range; 2, out of memory."""
+    if status == 3:
+        raise IndexError(f"fused CPU kernel ({what}): an index is out of range (gathered rows or receivers)")
     if status == 2:
         raise MemoryError(f"fused CPU kernel ({what}): out of memory for its scratch buffers")
     if status:
@@ -151,8 +154,7 @@ def mlp_forward(
     first_bias: Tensor | None,
     layers: Sequence[tuple[Tensor, Tensor]],
     norm: tuple[Tensor, Tensor, float] | None,
-    table: Tensor | None = None,
-    index: Tensor | None = None,
+    gather: tuple[Tensor, Sequence[Tensor], Sequence[Tensor]] | None = None,
     residual: bool = False,
     receivers: Tensor | None = None,
     num_nodes: int = 0,
@@ -161,38 +163,43 @@ def mlp_forward(
     """Run the MLP ``fused_mlp`` describes with the kernel; return ``(out, incoming or None)``.
 
     ``first_weights`` are the first Linear's [H, K_i] column blocks, ``layers`` the later (weight, bias)s,
-    ``norm`` (weight, bias, eps) or None. With ``saved = (acts, pre_norm, mean, rstd)`` (preallocated, as
-    ``TiledMLP`` keeps them), the post-ReLU activations and the LayerNorm's input and statistics are written too.
-    Index tensors are checked against the table and node count here: the kernel trusts them.
+    ``norm`` (weight, bias, eps) or None, ``gather`` the ``(nodes, weights, index)`` whose projections
+    ``nodes @ weights[j].T`` the first Linear adds at rows ``index[j]``. With ``saved = (acts, pre_norm, mean,
+    rstd)`` (preallocated, as ``TiledMLP`` keeps them), the post-ReLU activations and the LayerNorm's input and
+    statistics are written too. The kernel checks each index before it reads or writes there (IndexError).
     """
     lib = library()
     rows, width = inputs[0].shape[0], first_weights[0].shape[0]
-    threads = torch.get_num_threads()
     xs = [x.contiguous() for x in inputs]
     ws = [_rows(w) for w in first_weights]
     layer_ws, layer_bs = [w.contiguous() for w, _ in layers], [b.contiguous() for _, b in layers]
-    if table is not None:
-        table, index = table.contiguous(), index.contiguous()
-        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= table.shape[0]):
-            raise IndexError(f"index out of range for a table of {table.shape[0]} rows")
+    nodes, gather_ws, index = _gather_args(gather)
     incoming = None
     if receivers is not None:
         receivers = receivers.contiguous()
-        if receivers.numel() and (int(receivers.min()) < 0 or int(receivers.max()) >= num_nodes):
-            raise IndexError(f"receivers out of range for {num_nodes} nodes")
         incoming = xs[0].new_empty(num_nodes, width)
     out = xs[0].new_empty(rows, width)
     acts, pre_norm, mean, rstd = saved if saved is not None else ([], None, None, None)
+    norm_args = (None, None, 0.0) if norm is None else (norm[0].data_ptr(), norm[1].data_ptr(), norm[2])
     status = lib.gnnsim_mlp_forward(
         rows, width, len(xs), _pointers(xs), _int64s(x.shape[1] for x in xs), _pointers(ws),
-        _int64s(w.stride(0) for w in ws), _ptr(first_bias), _ptr(table), _ptr(index),
-        0 if index is None else index.shape[1], len(layers), _pointers(layer_ws), _pointers(layer_bs),
-        *((None, None, 0.0) if norm is None else (norm[0].data_ptr(), norm[1].data_ptr(), norm[2])),
-        _ptr(xs[0]) if residual else None, out.data_ptr(), _ptr(receivers), _ptr(incoming), num_nodes, threads,
-        _pointers(acts) if saved is not None else None, _ptr(pre_norm), _ptr(mean), _ptr(rstd),
+        _int64s(w.stride(0) for w in ws), _ptr(first_bias), len(index), _ptr(nodes),
+        0 if nodes is None else nodes.shape[0], 0 if nodes is None else nodes.shape[1], _pointers(gather_ws),
+        _int64s(w.stride(0) for w in gather_ws), _pointers(index), len(layers), _pointers(layer_ws),
+        _pointers(layer_bs), *norm_args, _ptr(xs[0]) if residual else None, out.data_ptr(), _ptr(receivers),
+        _ptr(incoming), num_nodes, torch.get_num_threads(), _pointers(acts) if saved is not None else None,
+        _ptr(pre_norm), _ptr(mean), _ptr(rstd),
     )
     _check(status, "forward")
     return out, incoming
+
+
+def _gather_args(gather):
+    """Return ``gather``'s nodes, weights and index as the kernel reads them (None, [], [] without one)."""
+    if gather is None:
+        return None, [], []
+    nodes, weights, index = gather
+    return nodes.contiguous(), [_rows(w) for w in weights], [i.contiguous() for i in index]
 
 
 def mlp_backward(
@@ -204,15 +211,14 @@ def mlp_backward(
     saved: tuple[Sequence[Tensor], Tensor | None, Tensor | None, Tensor | None],
     grad_out: Tensor,
     needs_inputs: Sequence[bool],
-    table_rows: int | None = None,
-    index: Tensor | None = None,
+    gather: tuple[Tensor, Sequence[Tensor], Sequence[Tensor]] | None = None,
     residual: bool = False,
     receivers: Tensor | None = None,
     grad_incoming: Tensor | None = None,
 ) -> tuple[list, list[Tensor], Tensor | None, list[tuple[Tensor, Tensor]], tuple | None, Tensor | None]:
     """The backward pass of ``mlp_forward`` from what it saved; return the gradients of the inputs (None where
     ``needs_inputs`` is False), of the first Linear's column blocks and bias, of the later (weight, bias)s, of the
-    LayerNorm's (weight, bias) and of the gathered table (with ``table_rows``)."""
+    LayerNorm's (weight, bias) and of the gathered projections ([M, J, H], with ``gather``)."""
     lib = library()
     acts, pre_norm, mean, rstd = saved
     rows, width = grad_out.shape[0], first_weights[0].shape[0]
@@ -225,16 +231,17 @@ def mlp_backward(
     g_b1 = None if first_bias is None else new(threads, width)
     g_ws, g_bs = new(threads, len(layers), width, width), new(threads, len(layers), width)
     g_norm = None if norm is None else new(threads, 2, width)
-    g_table = None if table_rows is None else new(threads, table_rows, width)
+    nodes, _, index = _gather_args(gather)
+    g_table = None if nodes is None else new(threads, nodes.shape[0], len(index), width)
     layer_ws, grad_out = [w.contiguous() for w, _ in layers], grad_out.contiguous()  # referenced: pointers below
     if grad_incoming is not None:
         grad_incoming = grad_incoming.contiguous()
     norm_ptrs = (None,) * 4 if norm is None else (norm[0].data_ptr(), *(t.data_ptr() for t in (pre_norm, mean, rstd)))
     status = lib.gnnsim_mlp_backward(
         rows, width, len(xs), _pointers(xs), _int64s(x.shape[1] for x in xs), _pointers(ws),
-        _int64s(w.stride(0) for w in ws), _ptr(index), 0 if index is None else index.shape[1], _ptr(g_table),
-        table_rows or 0, len(layers), _pointers(layer_ws), *norm_ptrs, _pointers(acts), grad_out.data_ptr(),
-        _ptr(receivers), _ptr(grad_incoming), int(residual),
+        _int64s(w.stride(0) for w in ws), len(index), _pointers(index), _ptr(g_table),
+        0 if nodes is None else nodes.shape[0], len(layers), _pointers(layer_ws), *norm_ptrs, _pointers(acts),
+        grad_out.data_ptr(), _ptr(receivers), _ptr(grad_incoming), int(residual),
         (ctypes.c_void_p * len(xs))(*(None if g is None else g.data_ptr() for g in g_xs)),
         g_w1.data_ptr(), _ptr(g_b1), g_ws.data_ptr(), g_bs.data_ptr(), _ptr(g_norm), threads,
     )

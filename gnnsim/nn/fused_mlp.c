@@ -1,6 +1,7 @@
 // A MeshGraphNets MLP in one pass over rows, forward and backward, float32, AVX-512: the split first Linear
-// (with an optional gather-sum of table rows), ReLUs, later Linears, optional LayerNorm, residual, and the sum of
-// the output into receivers. Built and called by gnnsim/nn/cpu_kernel.py.
+// (with optional gathered node projections: an edge's W_s x_s + W_r x_r, each node projected once), ReLUs, later
+// Linears, optional LayerNorm, residual, and the sum of the output into receivers. Built and called by
+// gnnsim/nn/cpu_kernel.py.
 //
 // Forward: rows go in blocks of RB = 12. Each Linear runs as H / 32 panels of 32 output columns: the 12 x 32
 // panel's 24 accumulators stay in registers while the inner loop broadcasts one input value per row and
@@ -96,15 +97,16 @@ static void *scratch(size_t bytes) {
     return block;
 }
 
-// The first Linear's start: c[r, :] = bias (or 0) + the block's gathered table rows
-static void block_init(float *c, int64_t h, const float *bias, const float *table, const int64_t *index,
-                       int32_t index_cols, int64_t r0, int64_t nr) {
+// The first Linear's start: c[r, :] = bias (or 0) + sum_j table[index[j][row], j] for the block's rows (the
+// table [N, J, H] holds each node's J projections; a ragged block repeats its last row)
+static void block_init(float *c, int64_t h, const float *bias, const float *table, const int64_t *const *index,
+                       int32_t count, int64_t r0, int64_t nr) {
     for (int r = 0; r < RB; r++) {
-        const int64_t *ix = table ? index + (r0 + (r < nr ? r : nr - 1)) * index_cols : NULL;
+        const int64_t row = r0 + (r < nr ? r : nr - 1);
         for (int64_t col = 0; col < h; col += 16) {
             __m512 v = bias ? _mm512_loadu_ps(bias + col) : _mm512_setzero_ps();
-            for (int32_t j = 0; ix && j < index_cols; j++)
-                v = _mm512_add_ps(v, _mm512_loadu_ps(table + ix[j] * h + col));
+            for (int32_t j = 0; j < count; j++)
+                v = _mm512_add_ps(v, _mm512_loadu_ps(table + (index[j][row] * count + j) * h + col));
             _mm512_storeu_ps(c + r * h + col, v);
         }
     }
@@ -239,13 +241,23 @@ static void block_linear(float *c, int64_t h, const float *const *a_rows, int64_
 
 static int strassen_fits(int64_t k, int64_t h) { return k % 32 == 0 && k <= MAX_K && h % 128 == 0; }
 
-// Returns 0; 1 when the arguments are out of the kernel's range (the caller checks first); 2 out of memory.
+// One weight matrix for the forward pass: [N, K] in row blocks of H rows (src[b], rows ld[b] apart), its
+// transpose [K, N] and its Strassen combinations (NULL where strassen_fits says no)
+typedef struct {
+    const float *src[8];
+    int64_t ld[8], k, n;
+    float *t, *c;
+} Matrix;
+
+// Returns 0; 1 when the arguments are out of the kernel's range; 2 out of memory; 3 an index out of range.
 int gnnsim_mlp_forward(
     int64_t rows, int64_t width,                                    // R, H (H % 32 == 0)
     int32_t num_inputs, const float *const *inputs, const int64_t *in_widths,  // inputs[i]: [R, K_i]
     const float *const *first_weights, const int64_t *first_ld,     // [H, K_i] each, rows first_ld[i] apart
     const float *first_bias,                                        // [H] or NULL
-    const float *table, const int64_t *index, int32_t index_cols,   // gather-sum table[index[row, :]] or NULL
+    int32_t gather_count, const float *nodes, int64_t num_gather, int64_t node_width,  // J; nodes [M, F]
+    const float *const *gather_weights, const int64_t *gather_ld,   // [H, F] each
+    const int64_t *const *gather_index,                             // [R] each: add nodes[index] @ weight^T
     int32_t num_layers, const float *const *weights, const float *const *biases,  // later Linears: [H, H], [H]
     const float *norm_weight, const float *norm_bias, float eps,    // LayerNorm, or NULL weight: none
     const float *residual,                                          // [R, H] added to the output, or NULL
@@ -254,71 +266,107 @@ int gnnsim_mlp_forward(
     int32_t threads,
     float *const *acts, float *pre_norm, float *mean, float *rstd)  // saved for a backward pass, or NULL
 {
-    if (width % 32 != 0 || num_inputs < 1 || num_inputs > 8 || threads < 1) return 1;
-    const int64_t h = width, blocks = (rows + RB - 1) / RB;
-    // the weights transposed, [K, H]: the panels read one row of 32 output columns per input column; then
-    // the Strassen combinations of those it takes, 7 / 4 K H each
-    int64_t k_total = 0, t_total = 0;
-    for (int32_t i = 0; i < num_inputs; i++) {
-        k_total += in_widths[i];
-        if (strassen_fits(in_widths[i], h)) t_total += 7 * in_widths[i] / 2 * h / 2;
-    }
-    if (strassen_fits(h, h)) t_total += (int64_t)num_layers * 7 * h / 2 * h / 2;
-    const int64_t w_size = h * (k_total + (int64_t)num_layers * h) + t_total, inc_size = incoming ? num_nodes * h : 0;
-    float *wt = scratch(sizeof(float) * (w_size + (threads - 1) * inc_size));  // + other threads' sums
-    if (!wt) return 2;
-    const int32_t matrices = num_inputs + num_layers;
-    const float *mt[matrices], *mc[matrices];  // each matrix transposed, and its combinations (NULL: none)
-    int64_t mk[matrices];                      // its input width
-    float *next = wt, *next_t = wt + h * (k_total + (int64_t)num_layers * h);
+    if (width % 32 != 0 || num_inputs < 1 || num_inputs > 8 || gather_count < 0 || gather_count > 8 ||
+        (gather_count && node_width % 16 != 0) || threads < 1)
+        return 1;
+    const int64_t h = width, blocks = (rows + RB - 1) / RB, jh = gather_count * h;
+    // each weight transposed, [K, N]: the panels read one row of 32 output columns per input column; with the
+    // Strassen combinations (7 / 4 K N) of those that take them. The gathered nodes' projections are one
+    // matrix, [J H, F]: the table [M, J, H] holds nodes @ its transpose.
+    const int32_t matrices = num_inputs + num_layers + (gather_count > 0);
+    Matrix mat[matrices];
+    int64_t floats = gather_count ? num_gather * jh : 0, max_strips = 0;
     for (int32_t m = 0; m < matrices; m++) {
-        mk[m] = m < num_inputs ? in_widths[m] : h;
-        mt[m] = next;
-        next += mk[m] * h;
-        mc[m] = strassen_fits(mk[m], h) ? next_t : NULL;
-        if (mc[m]) next_t += 7 * mk[m] / 2 * h / 2;
+        Matrix *x = &mat[m];
+        if (m < num_inputs) {
+            *x = (Matrix){.src = {first_weights[m]}, .ld = {first_ld[m]}, .k = in_widths[m], .n = h};
+        } else if (m < num_inputs + num_layers) {
+            *x = (Matrix){.src = {weights[m - num_inputs]}, .ld = {h}, .k = h, .n = h};
+        } else {
+            *x = (Matrix){.k = node_width, .n = jh};
+            for (int32_t j = 0; j < gather_count; j++) {
+                x->src[j] = gather_weights[j];
+                x->ld[j] = gather_ld[j];
+            }
+        }
+        floats += x->k * x->n + (strassen_fits(x->k, x->n) ? 7 * x->k / 2 * x->n / 2 : 0);
+        if (x->n / 16 > max_strips) max_strips = x->n / 16;
     }
+    const int64_t inc_size = incoming ? num_nodes * h : 0;
+    float *wt = scratch(sizeof(float) * (floats + (threads - 1) * inc_size));  // + other threads' sums
+    if (!wt) return 2;
+    float *table = wt, *next = gather_count ? wt + num_gather * jh : wt;
+    for (int32_t m = 0; m < matrices; m++) {
+        mat[m].t = next;
+        next += mat[m].k * mat[m].n;
+        mat[m].c = strassen_fits(mat[m].k, mat[m].n) ? next : NULL;
+        if (mat[m].c) next += 7 * mat[m].k / 2 * mat[m].n / 2;
+    }
+    const Matrix *gathered = gather_count ? &mat[matrices - 1] : NULL;
+    int bad = 0;
 #pragma omp parallel num_threads(threads)
     {
-        const int64_t strips = h / 16;
 #pragma omp for schedule(static)
-        for (int64_t item = 0; item < matrices * strips; item++) {  // 16 rows of one weight, in 16 x 16 tiles
-            const int64_t m = item / strips, j0 = item % strips * 16, k = mk[m];
-            const float *src = m < num_inputs ? first_weights[m] : weights[m - num_inputs];
-            const int64_t ld = m < num_inputs ? first_ld[m] : h;
-            float *dst = (float *)mt[m];
+        for (int64_t item = 0; item < matrices * max_strips; item++) {  // 16 rows of one weight, 16 x 16 tiles
+            const Matrix *x = &mat[item / max_strips];
+            const int64_t j0 = item % max_strips * 16, k = x->k, n = x->n;
+            if (j0 >= n) continue;
+            const float *src = x->src[j0 / h] + (j0 % h) * x->ld[j0 / h];  // 16 rows within one row block
             for (int64_t c0 = 0; c0 < k; c0 += 16)
-                for (int64_t j = j0; j < j0 + 16; j++)
-                    for (int64_t c = c0; c < c0 + 16 && c < k; c++) dst[c * h + j] = src[j * ld + c];
+                for (int64_t j = 0; j < 16; j++)
+                    for (int64_t c = c0; c < c0 + 16 && c < k; c++) x->t[c * n + j0 + j] = src[j * x->ld[j0 / h] + c];
         }
 #pragma omp for schedule(static)
         for (int64_t item = 0; item < matrices * 16; item++) {  // a 16th of one matrix's combinations
-            const int64_t m = item / 16, part = item % 16, k2 = mk[m] / 2;
-            if (mc[m])
-                strassen_weights((float *)mc[m], mt[m], mk[m], h, k2 * part / 16, k2 * (part + 1) / 16);
+            const Matrix *x = &mat[item / 16];
+            const int64_t part = item % 16, k2 = x->k / 2;
+            if (x->c) strassen_weights(x->c, x->t, x->k, x->n, k2 * part / 16, k2 * (part + 1) / 16);
+        }
+        const float *a_rows[RB];
+        if (gathered) {  // the table: each node's J projections
+            float zeros[jh], proj[RB * jh];
+            memset(zeros, 0, sizeof(zeros));
+#pragma omp for schedule(static)
+            for (int64_t blk = 0; blk < (num_gather + RB - 1) / RB; blk++) {
+                const int64_t r0 = blk * RB, nr = num_gather - r0 < RB ? num_gather - r0 : RB;
+                for (int r = 0; r < RB; r++) a_rows[r] = nodes + (r0 + (r < nr ? r : nr - 1)) * node_width;
+                block_linear(proj, jh, a_rows, node_width, gathered->t, gathered->c, zeros, 0);
+                memcpy(table + r0 * jh, proj, sizeof(float) * nr * jh);
+            }
         }
         float buf[2][RB * h];
         const int t = omp_get_thread_num();
-        float *inc = !incoming ? NULL : t == 0 ? incoming : wt + w_size + (t - 1) * inc_size;
+        float *inc = !incoming ? NULL : t == 0 ? incoming : next + (t - 1) * inc_size;
         if (inc) memset(inc, 0, sizeof(float) * num_nodes * h);
-        const float *a_rows[RB];
 #pragma omp for schedule(static) nowait
         for (int64_t blk = 0; blk < blocks; blk++) {
             const int64_t r0 = blk * RB, nr = rows - r0 < RB ? rows - r0 : RB;
-            // first Linear: bias and table rows, plus the inputs' products; a ragged block repeats its last row
-            if (table || !first_bias) block_init(buf[0], h, first_bias, table, index, index_cols, r0, nr);
+            int ok = 1;  // the kernel reads and writes only where the indices say: check them first
+            for (int64_t row = r0; row < r0 + nr; row++) {
+                for (int32_t j = 0; j < gather_count; j++)
+                    ok &= gather_index[j][row] >= 0 && gather_index[j][row] < num_gather;
+                if (inc) ok &= receivers[row] >= 0 && receivers[row] < num_nodes;
+            }
+            if (!ok) {
+#pragma omp atomic write
+                bad = 1;
+                continue;
+            }
+            // first Linear: bias and gathered projections, plus the inputs' products
+            const int init = gather_count || !first_bias;
+            if (init) block_init(buf[0], h, first_bias, table, gather_index, gather_count, r0, nr);
             for (int32_t i = 0; i < num_inputs; i++) {
                 for (int r = 0; r < RB; r++) a_rows[r] = inputs[i] + (r0 + (r < nr ? r : nr - 1)) * in_widths[i];
-                block_linear(buf[0], h, a_rows, in_widths[i], mt[i], mc[i],
-                             i == 0 && !table ? first_bias : NULL, i == num_inputs - 1 && num_layers > 0);
+                block_linear(buf[0], h, a_rows, in_widths[i], mat[i].t, mat[i].c, i == 0 && !init ? first_bias : NULL,
+                             i == num_inputs - 1 && num_layers > 0);
             }
             // later Linears, ping-ponging between the two buffers
             int cur = 0;
             for (int32_t l = 0; l < num_layers; l++) {
                 if (acts) save(acts[l] + r0 * h, buf[cur], nr * h);
                 for (int r = 0; r < RB; r++) a_rows[r] = buf[cur] + r * h;
-                block_linear(buf[1 - cur], h, a_rows, h, mt[num_inputs + l], mc[num_inputs + l], biases[l],
-                             l < num_layers - 1);
+                const Matrix *x = &mat[num_inputs + l];
+                block_linear(buf[1 - cur], h, a_rows, h, x->t, x->c, biases[l], l < num_layers - 1);
                 cur = 1 - cur;
             }
             // LayerNorm (biased variance, as torch), residual, sum into receivers
@@ -367,12 +415,12 @@ int gnnsim_mlp_forward(
                 for (int u = 1; u < team; u++)
                     for (int64_t c = 0; c < h; c += 16) {
                         float *dst = incoming + row * h + c;
-                        const float *src = wt + w_size + (u - 1) * inc_size + row * h + c;
+                        const float *src = next + (u - 1) * inc_size + row * h + c;
                         _mm512_storeu_ps(dst, _mm512_add_ps(_mm512_loadu_ps(dst), _mm512_loadu_ps(src)));
                     }
         }
     }
-    return 0;
+    return bad ? 3 : 0;
 }
 
 #define CH (8 * RB)  // rows per backward chunk: the weight gradients' reduction length per pass
@@ -430,13 +478,15 @@ static void column_sum(float *acc, const float *g, int64_t n, int64_t h) {
     }
 }
 
-// The backward pass of gnnsim_mlp_forward, from what it saved. Gradients of parameters (and of the table)
-// are summed per thread into workspaces [threads, ...] that the caller reduces; input gradients are written.
+// The backward pass of gnnsim_mlp_forward, from what it saved. Gradients of parameters and of the gathered
+// projections ([M, J, H]: the caller takes them on to the nodes and projection weights) are summed per thread
+// into workspaces [threads, ...] that the caller reduces; input gradients are written.
 int gnnsim_mlp_backward(
     int64_t rows, int64_t width,
     int32_t num_inputs, const float *const *inputs, const int64_t *in_widths,
     const float *const *first_weights, const int64_t *first_ld,     // [H, K_i] each, rows first_ld[i] apart
-    const int64_t *index, int32_t index_cols, float *grad_table, int64_t table_rows,  // [threads, T, H] or NULL
+    int32_t gather_count, const int64_t *const *gather_index,     // as forward
+    float *grad_table, int64_t num_gather,                          // [threads, M, J, H] or NULL
     int32_t num_layers, const float *const *weights,                // later Linears' weights [H, H]
     const float *norm_weight, const float *pre_norm, const float *mean, const float *rstd,  // or NULL: none
     const float *const *acts,                                       // post-ReLU activations [R, H] each
@@ -468,7 +518,7 @@ int gnnsim_mlp_backward(
         float *gw1 = grad_first_weights + t * k_total, *gb1 = grad_first_bias ? grad_first_bias + t * h : NULL;
         float *gws = grad_weights + t * num_layers * h * h, *gbs = grad_biases + t * num_layers * h;
         float *gn = grad_norm ? grad_norm + t * 2 * h : NULL;
-        float *gtab = grad_table ? grad_table + t * table_rows * h : NULL;
+        float *gtab = grad_table ? grad_table + t * num_gather * gather_count * h : NULL;
         if (!g || !g2 || !g_pad || !zero_row) failed = 1;
 #pragma omp for schedule(static)
         for (int64_t chunk = 0; chunk < chunks; chunk++) {
@@ -522,7 +572,8 @@ int gnnsim_mlp_backward(
                         _mm512_storeu_ps(g + r * h + c, _mm512_maskz_mov_ps(pos, _mm512_loadu_ps(g2 + r * h + c)));
                     }
             }
-            // first Linear: its bias, its weight blocks, the inputs (plus the residual's pass-through), the table
+            // first Linear: its bias, its weight blocks, the inputs (plus the residual's pass-through), the gathered
+            // projections
             if (gb1) column_sum(gb1, g, n, h);
             pad_tail(g_pad, g, h, n);
             float *gw = gw1;
@@ -536,8 +587,8 @@ int gnnsim_mlp_backward(
             }
             if (gtab)
                 for (int64_t r = 0; r < n; r++)
-                    for (int32_t j = 0; j < index_cols; j++) {
-                        float *dst = gtab + index[(r0 + r) * index_cols + j] * h;
+                    for (int32_t j = 0; j < gather_count; j++) {
+                        float *dst = gtab + (gather_index[j][r0 + r] * gather_count + j) * h;
                         for (int64_t c = 0; c < h; c += 16)
                             _mm512_storeu_ps(dst + c, _mm512_add_ps(_mm512_loadu_ps(dst + c),
                                                                     _mm512_loadu_ps(g + r * h + c)));
