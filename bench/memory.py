@@ -121,6 +121,7 @@ def build_model(processor: str, depth: int, latent: int) -> EncodeProcessDecode:
         edge_encoders=nn.ModuleDict({"mesh": MLP(3, latent, latent)}),
         processor=GroupAddRevProcessor(latent, depth),
         decoder=MLP(latent, latent, 3, layer_norm=False),
+        fused=True,  # encoders as the other variants run them
     )
 
 

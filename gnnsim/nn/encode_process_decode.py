@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from gnnsim.graph import Graph
-from gnnsim.nn.blocks import GraphNetBlock
+from gnnsim.nn.blocks import GraphNetBlock, fused_mlp
 from gnnsim.nn.mlp import MLP
 from gnnsim.nn.processor import CheckpointedProcessor, Processor
 
@@ -62,14 +62,23 @@ class EncodeProcessDecode(nn.Module):
         edge_encoders: one MLP [F_edge_k] -> [L] per edge set, with LayerNorm.
         processor: maps (nodes, edges, topology) to updated latents.
         decoder: MLP [L] -> [F_out], without LayerNorm.
+        fused: run the encoders as ``fused_mlp`` (on CPU the fused kernel where it runs; the same function).
     """
 
-    def __init__(self, node_encoder: nn.Module, edge_encoders: nn.ModuleDict, processor: nn.Module, decoder: nn.Module):
+    def __init__(
+        self,
+        node_encoder: MLP,
+        edge_encoders: nn.ModuleDict,
+        processor: nn.Module,
+        decoder: MLP,
+        fused: bool = False,
+    ):
         super().__init__()
         self.node_encoder = node_encoder
         self.edge_encoders = edge_encoders
         self.processor = processor
         self.decoder = decoder
+        self.fused = fused
 
     @classmethod
     def build(cls, node_size: int, edge_sizes: Mapping[str, int], out_size: int, cfg: ModelConfig) -> EncodeProcessDecode:
@@ -87,14 +96,19 @@ class EncodeProcessDecode(nn.Module):
             edge_encoders=nn.ModuleDict({k: MLP(size, latent, latent, layers) for k, size in edge_sizes.items()}),
             processor=make_processor(cfg, tuple(edge_sizes)),
             decoder=MLP(latent, latent, out_size, layers, layer_norm=False),
+            fused=cfg.fused,
         )
 
     def forward(self, graph: Graph) -> Tensor:
         """Return per-node outputs [N, F_out] for a graph with normalised features."""
         if set(graph.edge_sets) != set(self.edge_encoders):
             raise ValueError(f"graph edge sets {sorted(graph.edge_sets)} != model's {sorted(self.edge_encoders)}")
-        nodes = self.node_encoder(graph.node_features)  # [N, L]
-        edges = {k: self.edge_encoders[k](es.features) for k, es in graph.edge_sets.items()}  # [E_k, L]
+        nodes = self.encode(self.node_encoder, graph.node_features)  # [N, L]
+        edges = {k: self.encode(self.edge_encoders[k], es.features) for k, es in graph.edge_sets.items()}  # [E_k, L]
         topology = {k: (es.senders, es.receivers) for k, es in graph.edge_sets.items()}
         nodes, _ = self.processor(nodes, edges, topology)
         return self.decoder(nodes).to(graph.node_features.dtype)  # autocast's Linear dtype back to the features'
+
+    def encode(self, mlp: MLP, features: Tensor) -> Tensor:
+        """Apply an encoder: ``mlp(features)``, as one fused MLP with ``fused``."""
+        return fused_mlp(mlp, [features], [mlp.first.weight])[0] if self.fused else mlp(features)
