@@ -194,3 +194,30 @@ def test_mlp_without_layer_norm_two_inputs_and_a_bias(calls):
     with cpu_kernel.disabled():
         assert_close_float32(kernel, run())
     assert_close_float32(kernel[:1], [mlp(torch.cat([x1, x2], dim=1))])
+
+
+@pytest.mark.parametrize("hidden,out,latent", [(45, 32, 32), (64, 96, 32), (111, 64, 32), (64, 32, 8)])
+def test_hidden_widths_are_padded_to_the_kernels_panels(calls, hidden, out, latent):
+    """Hidden widths that are not multiples of 32 run padded with zero units, widths differing layer to layer:
+    the PyTorch path's outputs and every gradient (a gathered edge MLP and a two-input node MLP). Latents of 8
+    (gathered nodes narrower than 16) take the PyTorch path."""
+    torch.manual_seed(0)
+    edge_mlp, node_mlp = MLP(3 * latent, hidden, out), MLP(2 * latent, hidden, out)
+    g = torch.Generator().manual_seed(0)
+    nodes, edges, other = (torch.randn(n, latent, generator=g).requires_grad_() for n in (23, 150, 23))
+    senders, receivers = torch.randint(0, 23, (2, 150), generator=g)
+
+    def outputs_and_gradients():
+        gather, w_edge = split_edge_mlp(edge_mlp, nodes, senders, receivers)
+        e, incoming = fused_mlp(edge_mlp, [edges], [w_edge], gather, receivers=receivers, num_nodes=23)
+        v = fused_mlp(node_mlp, [nodes, other], node_mlp.first.weight.split([latent, latent], dim=1))[0]
+        outs = [e, incoming, v]
+        loss = sum((o * torch.randn(o.shape, generator=torch.Generator().manual_seed(1))).sum() for o in outs)
+        params = [*edge_mlp.parameters(), *node_mlp.parameters()]
+        return [o.detach() for o in outs] + list(torch.autograd.grad(loss, [nodes, edges, other, *params]))
+
+    kernel = outputs_and_gradients()
+    # the node MLP's forward runs the kernel (any input width), its backward only with inputs of 32s
+    assert calls == ({"forward": 2, "backward": 2} if latent == 32 else {"forward": 1, "backward": 0})
+    with cpu_kernel.disabled():
+        assert_close_float32(kernel, outputs_and_gradients())

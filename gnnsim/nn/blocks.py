@@ -198,6 +198,23 @@ def _gather_grads(g_table, gathered, needs):
     return g_nodes, list((g.T @ nodes).split(weights[0].shape[0]))
 
 
+def _pad_to(t: Tensor, *shape: int) -> Tensor:
+    """``t`` with zeros appended along each dimension up to ``shape`` (``t`` itself if it has that shape)."""
+    if tuple(t.shape) == shape:
+        return t
+    return F.pad(t, [p for size, want in zip(reversed(t.shape), reversed(shape)) for p in (0, want - size)])
+
+
+def _pad_hidden(ws, b0, layers, gathered, widths):
+    """First-layer weights and bias, later (weight, bias)s and gathered projection weights with the hidden
+    widths zero-padded to ``widths`` (``cpu_kernel.padded_widths``): zero units, the same function."""
+    ws = [_pad_to(w, widths[0], w.shape[1]) for w in ws]
+    if gathered is not None:
+        gathered = (gathered[0], [_pad_to(w, widths[0], w.shape[1]) for w in gathered[1]])
+    layers = [(_pad_to(w, widths[k + 1], widths[k]), _pad_to(b, widths[k + 1])) for k, (w, b) in enumerate(layers)]
+    return ws, _pad_to(b0, widths[0]), layers, gathered
+
+
 def _tiled_forward(layout, num_nodes, index, receivers, tensors, save):
     """Run ``TiledMLP``'s computation; return ((out, incoming or None), saved tensors or None).
 
@@ -208,15 +225,19 @@ def _tiled_forward(layout, num_nodes, index, receivers, tensors, save):
     xs, ws, b0, layers, norm, gathered = layout.unpack(tensors)
     rows, last = xs[0].shape[0], len(layers)
     widths = _widths(ws, layers)
+    kernel_tensors = [*xs, *ws, *([] if gathered is None else [gathered[0], *gathered[1]])]
+    padded = cpu_kernel.padded_widths(widths)
+    fits = cpu_kernel.supports(kernel_tensors, padded, num_nodes if layout.scatter else 0)
+    fits = fits and not (layout.residual and xs[0].shape[1] != widths[-1])
+    fits = fits and (gathered is None or gathered[0].shape[1] % 16 == 0)  # node rows go 16 floats at a time
     acts = pre_norm = mean = rstd = None
-    if save:
-        acts = [xs[0].new_empty(rows, w) for w in widths[:-1]]  # post-ReLU, [R, H_k]
+    if save:  # the kernel's activations in its padded widths (the backward pass reads what it needs)
+        acts = [xs[0].new_empty(rows, w) for w in (padded if fits else widths)[:-1]]  # post-ReLU, [R, H_k]
         if norm is not None:
             pre_norm = xs[0].new_empty(rows, widths[-1])
             mean, rstd = xs[0].new_empty(rows, 1), xs[0].new_empty(rows, 1)
-    kernel_tensors = [*xs, *ws, *([] if gathered is None else [gathered[0], *gathered[1]])]
-    fits = cpu_kernel.supports(kernel_tensors, widths, num_nodes if layout.scatter else 0)
-    if fits and not (layout.residual and xs[0].shape[1] != widths[-1]):
+    if fits:
+        ws, b0, layers, gathered = _pad_hidden(ws, b0, layers, gathered, padded)
         outputs = cpu_kernel.mlp_forward(
             xs, ws, b0, layers, None if norm is None else (*norm, layout.eps),
             None if gathered is None else (*gathered, index), layout.residual, receivers, num_nodes,
@@ -305,12 +326,23 @@ class TiledMLP(torch.autograd.Function):
         widths = _widths(ws, layers)
         kernel_tensors = [*xs, *ws, *([] if gathered is None else [gathered[0], *gathered[1]])]
         table_rows = 0 if gathered is None else gathered[0].shape[0] * layout.gather  # the threads' own sums
-        if cpu_kernel.supports(kernel_tensors, widths, table_rows) and all(x.shape[1] % 32 == 0 for x in xs):
+        padded = cpu_kernel.padded_widths(widths)
+        if (
+            cpu_kernel.supports(kernel_tensors, padded, table_rows)
+            and all(x.shape[1] % 32 == 0 for x in xs)
+            and [a.shape[1] for a in acts] == padded[:-1]  # the forward pass ran the kernel too
+        ):
+            p_ws, p_b0, p_layers, p_gathered = _pad_hidden(ws, b0, layers, gathered, padded)
             g_xs, g_ws, g_b0, g_layers, g_norm, g_table = cpu_kernel.mlp_backward(
-                xs, ws, b0, layers, norm, (acts, pre_norm, mean, rstd), grad_out, needs_x,
-                None if gathered is None else (*gathered, index), layout.residual, receivers, grad_incoming,
+                xs, p_ws, p_b0, p_layers, norm, (acts, pre_norm, mean, rstd), grad_out, needs_x,
+                None if gathered is None else (*p_gathered, index), layout.residual, receivers, grad_incoming,
             )
-            g_gathered = () if gathered is None else _gather_grads(g_table, gathered, needs_nodes)
+            h0 = widths[0]  # the padding's gradients dropped
+            g_ws, g_b0 = [g[:h0] for g in g_ws], g_b0[:h0]
+            g_layers = [
+                (g_w[: w.shape[0], : w.shape[1]], g_b[: b.shape[0]]) for (g_w, g_b), (w, b) in zip(g_layers, layers)
+            ]
+            g_gathered = () if gathered is None else _gather_grads(g_table[..., :h0], gathered, needs_nodes)
             grads = [*g_xs, *g_ws, g_b0, *(g for pair in g_layers for g in pair), *(g_norm or ())]
             return (*skip, *grads, *_flat(g_gathered))
         table_rows = None if gathered is None else _gather_rows(index)
@@ -334,7 +366,8 @@ class TiledMLP(torch.autograd.Function):
                 g_norm[0].add_(gw)
                 g_norm[1].add_(gb)
             for k in range(layout.num_layers, 0, -1):  # Linear k reads the post-ReLU activation acts[k - 1]
-                (weight, _), (g_weight, g_bias), a = layers[k - 1], g_layers[k - 1], acts[k - 1][sl]
+                (weight, _), (g_weight, g_bias) = layers[k - 1], g_layers[k - 1]
+                a = acts[k - 1][sl, : weight.shape[1]]  # the kernel's forward pass saves them padded
                 g_bias.add_(g.sum(0))
                 g_weight.addmm_(g.T, a)
                 g = g @ weight

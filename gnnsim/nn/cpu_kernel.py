@@ -39,11 +39,11 @@ FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11")
 THREAD_BUFFERS = 1 << 28  # bytes: per-thread sums into receivers (forward), into projections (backward)
 _P, _I64, _I32, _F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_float
 _FORWARD = [  # gnnsim_mlp_forward's arguments, as grouped in fused_mlp.c
-    _I64, _I64, _I32, _P, _P, _P, _P, _P, _I32, _P, _I64, _I64, _P, _P, _P, _I32, _P, _P, _P, _P, _F32, _P, _P, _P,
+    _I64, _P, _I32, _P, _P, _P, _P, _P, _I32, _P, _I64, _I64, _P, _P, _P, _I32, _P, _P, _P, _P, _F32, _P, _P, _P,
     _P, _I64, _I32, _P, _P, _P, _P,
 ]
 _BACKWARD = [  # gnnsim_mlp_backward's
-    _I64, _I64, _I32, _P, _P, _P, _P, _I32, _P, _P, _I64, _I32, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I32, _P,
+    _I64, _P, _I32, _P, _P, _P, _P, _I32, _P, _P, _I64, _I32, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I32, _P,
     _P, _P, _P, _P, _P, _I32,
 ]
 
@@ -107,17 +107,23 @@ def disabled() -> Iterator[None]:
 
 
 def supports(tensors: Sequence[Tensor], widths: Sequence[int], per_thread_rows: int = 0) -> bool:
-    """Whether the kernel can run an MLP on these tensors with these Linear output widths, each thread summing
-    into ``per_thread_rows`` rows of its own (at most ``THREAD_BUFFERS`` bytes for all threads together)."""
+    """Whether the kernel can run an MLP on these tensors with these Linear output widths (multiples of 32:
+    ``padded_widths``), each thread summing into ``per_thread_rows`` rows of its own (at most
+    ``THREAD_BUFFERS`` bytes for all threads together)."""
     return (
         not _disabled
         and not is_in_torch_dispatch_mode()  # a mode (FLOP counter, profiler's recorder) wants to see the ops
         and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
-        and len(set(widths)) == 1
-        and widths[0] % 32 == 0
-        and torch.get_num_threads() * per_thread_rows * widths[0] * 4 <= THREAD_BUFFERS
+        and all(w % 32 == 0 for w in widths)
+        and torch.get_num_threads() * per_thread_rows * max(widths) * 4 <= THREAD_BUFFERS
         and library() is not None
     )
+
+
+def padded_widths(widths: Sequence[int]) -> list[int]:
+    """The Linear widths the kernel runs an MLP at: hidden ones rounded up to multiples of 32 (zero units added,
+    the same function), the output's as it is."""
+    return [-(-w // 32) * 32 for w in widths[:-1]] + [widths[-1]]
 
 
 def _pointers(tensors: Sequence[Tensor]) -> ctypes.Array:
@@ -169,7 +175,8 @@ def mlp_forward(
     statistics are written too. The kernel checks each index before it reads or writes there (IndexError).
     """
     lib = library()
-    rows, width = inputs[0].shape[0], first_weights[0].shape[0]
+    rows, widths = inputs[0].shape[0], [first_weights[0].shape[0], *(w.shape[0] for w, _ in layers)]
+    width = widths[-1]
     xs = [x.contiguous() for x in inputs]
     ws = [_rows(w) for w in first_weights]
     layer_ws, layer_bs = [w.contiguous() for w, _ in layers], [b.contiguous() for _, b in layers]
@@ -182,7 +189,7 @@ def mlp_forward(
     acts, pre_norm, mean, rstd = saved if saved is not None else ([], None, None, None)
     norm_args = (None, None, 0.0) if norm is None else (norm[0].data_ptr(), norm[1].data_ptr(), norm[2])
     status = lib.gnnsim_mlp_forward(
-        rows, width, len(xs), _pointers(xs), _int64s(x.shape[1] for x in xs), _pointers(ws),
+        rows, _int64s(widths), len(xs), _pointers(xs), _int64s(x.shape[1] for x in xs), _pointers(ws),
         _int64s(w.stride(0) for w in ws), _ptr(first_bias), len(index), _ptr(nodes),
         0 if nodes is None else nodes.shape[0], 0 if nodes is None else nodes.shape[1], _pointers(gather_ws),
         _int64s(w.stride(0) for w in gather_ws), _pointers(index), len(layers), _pointers(layer_ws),
@@ -221,24 +228,25 @@ def mlp_backward(
     LayerNorm's (weight, bias) and of the gathered projections ([M, J, H], with ``gather``)."""
     lib = library()
     acts, pre_norm, mean, rstd = saved
-    rows, width = grad_out.shape[0], first_weights[0].shape[0]
+    rows, widths = grad_out.shape[0], [first_weights[0].shape[0], *(w.shape[0] for w, _ in layers)]
     threads = torch.get_num_threads()
     xs = [x.contiguous() for x in inputs]
     ws = [_rows(w) for w in first_weights]  # [H, K_i]
     new = grad_out.new_zeros  # per-thread sums, reduced below
     g_xs = [x.new_empty(x.shape) if need else None for x, need in zip(xs, needs_inputs)]
     g_w1 = new(threads, sum(w.numel() for w in ws))
-    g_b1 = None if first_bias is None else new(threads, width)
-    g_ws, g_bs = new(threads, len(layers), width, width), new(threads, len(layers), width)
-    g_norm = None if norm is None else new(threads, 2, width)
+    g_b1 = None if first_bias is None else new(threads, widths[0])
+    g_ws = new(threads, sum(w.numel() for w, _ in layers))  # each layer's, flat
+    g_bs = new(threads, sum(b.numel() for _, b in layers))
+    g_norm = None if norm is None else new(threads, 2, widths[-1])
     nodes, _, index = _gather_args(gather)
-    g_table = None if nodes is None else new(threads, nodes.shape[0], len(index), width)
+    g_table = None if nodes is None else new(threads, nodes.shape[0], len(index), widths[0])
     layer_ws, grad_out = [w.contiguous() for w, _ in layers], grad_out.contiguous()  # referenced: pointers below
     if grad_incoming is not None:
         grad_incoming = grad_incoming.contiguous()
     norm_ptrs = (None,) * 4 if norm is None else (norm[0].data_ptr(), *(t.data_ptr() for t in (pre_norm, mean, rstd)))
     status = lib.gnnsim_mlp_backward(
-        rows, width, len(xs), _pointers(xs), _int64s(x.shape[1] for x in xs), _pointers(ws),
+        rows, _int64s(widths), len(xs), _pointers(xs), _int64s(x.shape[1] for x in xs), _pointers(ws),
         _int64s(w.stride(0) for w in ws), len(index), _pointers(index), _ptr(g_table),
         0 if nodes is None else nodes.shape[0], len(layers), _pointers(layer_ws), *norm_ptrs, _pointers(acts),
         grad_out.data_ptr(), _ptr(receivers), _ptr(grad_incoming), int(residual),
@@ -247,12 +255,13 @@ def mlp_backward(
     )
     _check(status, "backward")
     g_w1 = g_w1.sum(0).split([w.numel() for w in ws])
-    g_ws, g_bs = g_ws.sum(0), g_bs.sum(0)
+    g_ws = g_ws.sum(0).split([w.numel() for w, _ in layers])
+    g_bs = g_bs.sum(0).split([b.numel() for _, b in layers])
     return (
         g_xs,
         [g.view(w.shape) for g, w in zip(g_w1, ws)],
         None if g_b1 is None else g_b1.sum(0),
-        [(g_ws[k], g_bs[k]) for k in range(len(layers))],
+        [(g_w.view(w.shape), g_b) for g_w, g_b, (w, _) in zip(g_ws, g_bs, layers)],
         None if g_norm is None else tuple(g_norm.sum(0)),
         None if g_table is None else g_table.sum(0),
     )

@@ -241,24 +241,34 @@ static void block_linear(float *c, int64_t h, const float *const *a_rows, int64_
 
 static int strassen_fits(int64_t k, int64_t h) { return k % 32 == 0 && k <= MAX_K && h % 128 == 0; }
 
-// One weight matrix for the forward pass: [N, K] in row blocks of H rows (src[b], rows ld[b] apart), its
+// One weight matrix for the forward pass: [N, K] in row blocks of bh rows (src[b], rows ld[b] apart), its
 // transpose [K, N] and its Strassen combinations (NULL where strassen_fits says no)
 typedef struct {
     const float *src[8];
-    int64_t ld[8], k, n;
+    int64_t ld[8], bh, k, n;
     float *t, *c;
 } Matrix;
 
+// Whether the Linears' output widths (num_layers + 1 of them) suit the kernel: multiples of 32; their largest
+static int64_t check_widths(const int64_t *widths, int32_t num_layers) {
+    int64_t most = 0;
+    for (int32_t l = 0; l <= num_layers; l++) {
+        if (widths[l] <= 0 || widths[l] % 32 != 0) return 0;
+        if (widths[l] > most) most = widths[l];
+    }
+    return most;
+}
+
 // Returns 0; 1 when the arguments are out of the kernel's range; 2 out of memory; 3 an index out of range.
 int gnnsim_mlp_forward(
-    int64_t rows, int64_t width,                                    // R, H (H % 32 == 0)
+    int64_t rows, const int64_t *widths,                            // R; each Linear's output width H_l (% 32)
     int32_t num_inputs, const float *const *inputs, const int64_t *in_widths,  // inputs[i]: [R, K_i]
-    const float *const *first_weights, const int64_t *first_ld,     // [H, K_i] each, rows first_ld[i] apart
-    const float *first_bias,                                        // [H] or NULL
+    const float *const *first_weights, const int64_t *first_ld,     // [H_0, K_i] each, rows first_ld[i] apart
+    const float *first_bias,                                        // [H_0] or NULL
     int32_t gather_count, const float *nodes, int64_t num_gather, int64_t node_width,  // J; nodes [M, F]
-    const float *const *gather_weights, const int64_t *gather_ld,   // [H, F] each
+    const float *const *gather_weights, const int64_t *gather_ld,   // [H_0, F] each
     const int64_t *const *gather_index,                             // [R] each: add nodes[index] @ weight^T
-    int32_t num_layers, const float *const *weights, const float *const *biases,  // later Linears: [H, H], [H]
+    int32_t num_layers, const float *const *weights, const float *const *biases,  // later: [H_l, H_l-1], [H_l]
     const float *norm_weight, const float *norm_bias, float eps,    // LayerNorm, or NULL weight: none
     const float *residual,                                          // [R, H] added to the output, or NULL
     float *out,                                                     // [R, H]
@@ -266,24 +276,27 @@ int gnnsim_mlp_forward(
     int32_t threads,
     float *const *acts, float *pre_norm, float *mean, float *rstd)  // saved for a backward pass, or NULL
 {
-    if (width % 32 != 0 || num_inputs < 1 || num_inputs > 8 || gather_count < 0 || gather_count > 8 ||
+    const int64_t wmax = num_layers >= 0 ? check_widths(widths, num_layers) : 0;
+    if (!wmax || num_inputs < 1 || num_inputs > 8 || gather_count < 0 || gather_count > 8 ||
         (gather_count && node_width % 16 != 0) || threads < 1)
         return 1;
-    const int64_t h = width, blocks = (rows + RB - 1) / RB, jh = gather_count * h;
+    // H: the output width (LayerNorm, residual, sums into receivers); h0: the first Linear's
+    const int64_t h = widths[num_layers], h0 = widths[0], blocks = (rows + RB - 1) / RB, jh = gather_count * h0;
     // each weight transposed, [K, N]: the panels read one row of 32 output columns per input column; with the
     // Strassen combinations (7 / 4 K N) of those that take them. The gathered nodes' projections are one
-    // matrix, [J H, F]: the table [M, J, H] holds nodes @ its transpose.
+    // matrix, [J H_0, F]: the table [M, J, H_0] holds nodes @ its transpose.
     const int32_t matrices = num_inputs + num_layers + (gather_count > 0);
     Matrix mat[matrices];
     int64_t floats = gather_count ? num_gather * jh : 0, max_strips = 0;
     for (int32_t m = 0; m < matrices; m++) {
         Matrix *x = &mat[m];
         if (m < num_inputs) {
-            *x = (Matrix){.src = {first_weights[m]}, .ld = {first_ld[m]}, .k = in_widths[m], .n = h};
+            *x = (Matrix){.src = {first_weights[m]}, .ld = {first_ld[m]}, .bh = h0, .k = in_widths[m], .n = h0};
         } else if (m < num_inputs + num_layers) {
-            *x = (Matrix){.src = {weights[m - num_inputs]}, .ld = {h}, .k = h, .n = h};
+            const int64_t l = m - num_inputs, k = widths[l], n = widths[l + 1];
+            *x = (Matrix){.src = {weights[l]}, .ld = {k}, .bh = n, .k = k, .n = n};
         } else {
-            *x = (Matrix){.k = node_width, .n = jh};
+            *x = (Matrix){.bh = h0, .k = node_width, .n = jh};
             for (int32_t j = 0; j < gather_count; j++) {
                 x->src[j] = gather_weights[j];
                 x->ld[j] = gather_ld[j];
@@ -311,10 +324,11 @@ int gnnsim_mlp_forward(
             const Matrix *x = &mat[item / max_strips];
             const int64_t j0 = item % max_strips * 16, k = x->k, n = x->n;
             if (j0 >= n) continue;
-            const float *src = x->src[j0 / h] + (j0 % h) * x->ld[j0 / h];  // 16 rows within one row block
+            const int64_t b = j0 / x->bh, ld = x->ld[b];
+            const float *src = x->src[b] + (j0 % x->bh) * ld;  // 16 rows within one row block
             for (int64_t c0 = 0; c0 < k; c0 += 16)
                 for (int64_t j = 0; j < 16; j++)
-                    for (int64_t c = c0; c < c0 + 16 && c < k; c++) x->t[c * n + j0 + j] = src[j * x->ld[j0 / h] + c];
+                    for (int64_t c = c0; c < c0 + 16 && c < k; c++) x->t[c * n + j0 + j] = src[j * ld + c];
         }
 #pragma omp for schedule(static)
         for (int64_t item = 0; item < matrices * 16; item++) {  // a 16th of one matrix's combinations
@@ -334,7 +348,7 @@ int gnnsim_mlp_forward(
                 memcpy(table + r0 * jh, proj, sizeof(float) * nr * jh);
             }
         }
-        float buf[2][RB * h];
+        float buf[2][RB * wmax];
         const int t = omp_get_thread_num();
         float *inc = !incoming ? NULL : t == 0 ? incoming : next + (t - 1) * inc_size;
         if (inc) memset(inc, 0, sizeof(float) * num_nodes * h);
@@ -354,19 +368,19 @@ int gnnsim_mlp_forward(
             }
             // first Linear: bias and gathered projections, plus the inputs' products
             const int init = gather_count || !first_bias;
-            if (init) block_init(buf[0], h, first_bias, table, gather_index, gather_count, r0, nr);
+            if (init) block_init(buf[0], h0, first_bias, table, gather_index, gather_count, r0, nr);
             for (int32_t i = 0; i < num_inputs; i++) {
                 for (int r = 0; r < RB; r++) a_rows[r] = inputs[i] + (r0 + (r < nr ? r : nr - 1)) * in_widths[i];
-                block_linear(buf[0], h, a_rows, in_widths[i], mat[i].t, mat[i].c, i == 0 && !init ? first_bias : NULL,
+                block_linear(buf[0], h0, a_rows, in_widths[i], mat[i].t, mat[i].c, i == 0 && !init ? first_bias : NULL,
                              i == num_inputs - 1 && num_layers > 0);
             }
-            // later Linears, ping-ponging between the two buffers
+            // later Linears, ping-ponging between the two buffers (rows H_l-1 and H_l apart)
             int cur = 0;
             for (int32_t l = 0; l < num_layers; l++) {
-                if (acts) save(acts[l] + r0 * h, buf[cur], nr * h);
-                for (int r = 0; r < RB; r++) a_rows[r] = buf[cur] + r * h;
                 const Matrix *x = &mat[num_inputs + l];
-                block_linear(buf[1 - cur], h, a_rows, h, x->t, x->c, biases[l], l < num_layers - 1);
+                if (acts) save(acts[l] + r0 * x->k, buf[cur], nr * x->k);
+                for (int r = 0; r < RB; r++) a_rows[r] = buf[cur] + r * x->k;
+                block_linear(buf[1 - cur], x->n, a_rows, x->k, x->t, x->c, biases[l], l < num_layers - 1);
                 cur = 1 - cur;
             }
             // LayerNorm (biased variance, as torch), residual, sum into receivers
@@ -482,43 +496,47 @@ static void column_sum(float *acc, const float *g, int64_t n, int64_t h) {
 // projections ([M, J, H]: the caller takes them on to the nodes and projection weights) are summed per thread
 // into workspaces [threads, ...] that the caller reduces; input gradients are written.
 int gnnsim_mlp_backward(
-    int64_t rows, int64_t width,
+    int64_t rows, const int64_t *widths,                            // as forward
     int32_t num_inputs, const float *const *inputs, const int64_t *in_widths,
-    const float *const *first_weights, const int64_t *first_ld,     // [H, K_i] each, rows first_ld[i] apart
+    const float *const *first_weights, const int64_t *first_ld,     // [H_0, K_i] each, rows first_ld[i] apart
     int32_t gather_count, const int64_t *const *gather_index,     // as forward
-    float *grad_table, int64_t num_gather,                          // [threads, M, J, H] or NULL
-    int32_t num_layers, const float *const *weights,                // later Linears' weights [H, H]
+    float *grad_table, int64_t num_gather,                          // [threads, M, J, H_0] or NULL
+    int32_t num_layers, const float *const *weights,                // later Linears' weights [H_l, H_l-1]
     const float *norm_weight, const float *pre_norm, const float *mean, const float *rstd,  // or NULL: none
-    const float *const *acts,                                       // post-ReLU activations [R, H] each
+    const float *const *acts,                                       // post-ReLU activations [R, H_l-1] each
     const float *grad_out, const int64_t *receivers, const float *grad_incoming,  // [R, H]; [N, H] (NULL: none)
     int32_t residual,
     float *const *grad_inputs,                                      // [R, K_i] each, NULL where not needed
-    float *grad_first_weights,  // [threads, sum_i H K_i]
-    float *grad_first_bias,     // [threads, H] or NULL
-    float *grad_weights,        // [threads, num_layers, H, H]
-    float *grad_biases,         // [threads, num_layers, H]
+    float *grad_first_weights,  // [threads, sum_i H_0 K_i]
+    float *grad_first_bias,     // [threads, H_0] or NULL
+    float *grad_weights,        // [threads, sum_l H_l H_l-1]
+    float *grad_biases,         // [threads, sum_l H_l]
     float *grad_norm,           // [threads, 2, H] (weight, bias) or NULL
     int32_t threads)
 {
-    if (width % 32 != 0 || num_inputs < 1 || num_inputs > 8 || threads < 1) return 1;
-    int64_t k_total = 0, k_max = width;
+    const int64_t wmax = num_layers >= 0 ? check_widths(widths, num_layers) : 0;
+    if (!wmax || num_inputs < 1 || num_inputs > 8 || threads < 1) return 1;
+    const int64_t h = widths[num_layers], h0 = widths[0], chunks = (rows + CH - 1) / CH;
+    int64_t k_total = 0, k_max = wmax, layer_w = 0, layer_b = 0;
     for (int32_t i = 0; i < num_inputs; i++) {
         if (in_widths[i] % 32 != 0) return 1;  // weight and input gradients go by 32-wide panels
-        k_total += width * in_widths[i];
+        k_total += h0 * in_widths[i];
         if (in_widths[i] > k_max) k_max = in_widths[i];
     }
-    const int64_t h = width, chunks = (rows + CH - 1) / CH;
+    for (int32_t l = 0; l < num_layers; l++) {
+        layer_w += widths[l + 1] * widths[l];
+        layer_b += widths[l + 1];
+    }
     int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
         const int t = omp_get_thread_num();
-        const int64_t zlen = k_max;
-        float *g = malloc(sizeof(float) * CH * h), *g2 = malloc(sizeof(float) * CH * h);
-        float *g_pad = malloc(sizeof(float) * CH * RB), *zero_row = calloc(zlen, sizeof(float));
-        float *gw1 = grad_first_weights + t * k_total, *gb1 = grad_first_bias ? grad_first_bias + t * h : NULL;
-        float *gws = grad_weights + t * num_layers * h * h, *gbs = grad_biases + t * num_layers * h;
+        float *g = malloc(sizeof(float) * CH * wmax), *g2 = malloc(sizeof(float) * CH * wmax);
+        float *g_pad = malloc(sizeof(float) * CH * RB), *zero_row = calloc(k_max, sizeof(float));
+        float *gw1 = grad_first_weights + t * k_total, *gb1 = grad_first_bias ? grad_first_bias + t * h0 : NULL;
+        float *gws = grad_weights + t * layer_w, *gbs = grad_biases + t * layer_b;
         float *gn = grad_norm ? grad_norm + t * 2 * h : NULL;
-        float *gtab = grad_table ? grad_table + t * num_gather * gather_count * h : NULL;
+        float *gtab = grad_table ? grad_table + t * num_gather * gather_count * h0 : NULL;
         if (!g || !g2 || !g_pad || !zero_row) failed = 1;
 #pragma omp for schedule(static)
         for (int64_t chunk = 0; chunk < chunks; chunk++) {
@@ -559,39 +577,44 @@ int gnnsim_mlp_backward(
                 }
             }
             // later Linears, last to first: weight and bias gradients, then back through the weight and ReLU
+            int64_t w_at = layer_w, b_at = layer_b;  // layer l's gradients sit at the end, then before
             for (int32_t l = num_layers - 1; l >= 0; l--) {
-                const float *act = acts[l] + r0 * h;
-                pad_tail(g_pad, g, h, n);
-                weight_grad(gws + l * h * h, g, h, act, h, h, n, g_pad);
-                column_sum(gbs + l * h, g, n, h);
-                rows_product(g, n, h, weights[l], h, h, NULL, g2, zero_row);
+                const int64_t out_w = widths[l + 1], in_w = widths[l];  // g: [n, out_w], rows out_w apart
+                const float *act = acts[l] + r0 * in_w;
+                w_at -= out_w * in_w;
+                b_at -= out_w;
+                pad_tail(g_pad, g, out_w, n);
+                weight_grad(gws + w_at, g, out_w, act, in_w, in_w, n, g_pad);
+                column_sum(gbs + b_at, g, n, out_w);
+                rows_product(g, n, out_w, weights[l], in_w, in_w, NULL, g2, zero_row);
                 for (int64_t r = 0; r < n; r++)  // ReLU's backward: pass where the activation was positive
-                    for (int64_t c = 0; c < h; c += 16) {
-                        __mmask16 pos = _mm512_cmp_ps_mask(_mm512_loadu_ps(act + r * h + c), _mm512_setzero_ps(),
+                    for (int64_t c = 0; c < in_w; c += 16) {
+                        __mmask16 pos = _mm512_cmp_ps_mask(_mm512_loadu_ps(act + r * in_w + c), _mm512_setzero_ps(),
                                                            _CMP_GT_OQ);
-                        _mm512_storeu_ps(g + r * h + c, _mm512_maskz_mov_ps(pos, _mm512_loadu_ps(g2 + r * h + c)));
+                        _mm512_storeu_ps(g + r * in_w + c,
+                                         _mm512_maskz_mov_ps(pos, _mm512_loadu_ps(g2 + r * in_w + c)));
                     }
             }
             // first Linear: its bias, its weight blocks, the inputs (plus the residual's pass-through), the gathered
             // projections
-            if (gb1) column_sum(gb1, g, n, h);
-            pad_tail(g_pad, g, h, n);
+            if (gb1) column_sum(gb1, g, n, h0);  // g: [n, H_0] from here
+            pad_tail(g_pad, g, h0, n);
             float *gw = gw1;
             for (int32_t i = 0; i < num_inputs; i++) {
                 const int64_t k = in_widths[i];
-                weight_grad(gw, g, h, inputs[i] + r0 * k, k, k, n, g_pad);
-                gw += h * k;
-                if (grad_inputs[i])  // the residual passes the output's gradient to the first input (k == h)
-                    rows_product(g, n, h, first_weights[i], first_ld[i], k,
+                weight_grad(gw, g, h0, inputs[i] + r0 * k, k, k, n, g_pad);
+                gw += h0 * k;
+                if (grad_inputs[i])  // the residual passes the output's gradient to the first input (k == H)
+                    rows_product(g, n, h0, first_weights[i], first_ld[i], k,
                                  i == 0 && residual ? grad_out + r0 * h : NULL, grad_inputs[i] + r0 * k, zero_row);
             }
             if (gtab)
                 for (int64_t r = 0; r < n; r++)
                     for (int32_t j = 0; j < gather_count; j++) {
-                        float *dst = gtab + (gather_index[j][r0 + r] * gather_count + j) * h;
-                        for (int64_t c = 0; c < h; c += 16)
+                        float *dst = gtab + (gather_index[j][r0 + r] * gather_count + j) * h0;
+                        for (int64_t c = 0; c < h0; c += 16)
                             _mm512_storeu_ps(dst + c, _mm512_add_ps(_mm512_loadu_ps(dst + c),
-                                                                    _mm512_loadu_ps(g + r * h + c)));
+                                                                    _mm512_loadu_ps(g + r * h0 + c)));
                     }
         }
         free(g);
