@@ -9,9 +9,9 @@ Two implementations of one function, chosen by ``fused``:
   CPU the MLPs then run tile by tile over rows, forward and backward (``TiledMLP``), with the residual and the
   sum over incoming edges taken on each tile: ReLUs in place, no concatenation or gather copies, inference
   tiles in reused buffers, gradients of the gathers summed by ``index_add_`` (not ``index_put_``), only the
-  tensors the backward pass reads written out. Where the fused CPU kernel runs (float32, AVX-512, widths that
-  are multiples of 32: ``gnnsim.nn.cpu_kernel``), each MLP is one kernel call forward and one backward
-  instead, saving the same tensors.
+  tensors the backward pass reads written out. Where the fused CPU kernel runs (float32, AVX-512, output
+  widths that are multiples of 32: ``gnnsim.nn.cpu_kernel``), each MLP is one kernel call forward and one
+  backward instead, saving the same tensors.
 """
 
 from __future__ import annotations

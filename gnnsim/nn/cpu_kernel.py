@@ -6,14 +6,14 @@ Linears, LayerNorm, residual and the sum into receivers; a second call runs its 
 graph an edge MLP's forward runs at 94 % of the CPU's float32 FMA peak, against ~60 % for the tiled PyTorch
 path in ``gnnsim.nn.blocks`` (``docs/benchmarks.md``).
 
-It is used for float32 on CPUs with AVX-512 (``torch.backends.cpu.get_cpu_capability()``), when layer widths
-are multiples of 32, outside ``TorchDispatchMode``s (a FLOP counter sees the PyTorch path's matmuls, the same
-products), and while the threads' private sums (into receivers forward, into the gathered projections
-backward) fit in ``THREAD_BUFFERS`` bytes. The library is compiled with ``-march=native`` into
-``$GNNSIM_CACHE`` (default ``~/.cache/gnnsim``) under a name keyed by the source, the flags and the CPU, so a
-home folder shared by different machines keeps one build per CPU. Where the build fails (no ``$CC``, default
-``cc``) gnnsim warns once and runs the PyTorch path, the same function to float32 rounding;
-``GNNSIM_CPU_KERNEL=0`` chooses that path without a warning.
+It is used for float32 on CPUs with AVX-512 (``torch.backends.cpu.get_cpu_capability()``), when the output
+width is a multiple of 32 (hidden widths are padded to one with zero units), outside ``TorchDispatchMode``s (a
+FLOP counter sees the PyTorch path's matmuls, the same products), and while the threads' private sums (into
+receivers forward, into the gathered projections backward) fit in ``THREAD_BUFFERS`` bytes. The library is
+compiled with ``-march=native`` into ``$GNNSIM_CACHE`` (default ``~/.cache/gnnsim``) under a name keyed by the
+source, the flags and the CPU, so a home folder shared by different machines keeps one build per CPU. Where
+the build fails (no ``$CC``, default ``cc``) gnnsim warns once and runs the PyTorch path, the same function to
+float32 rounding; ``GNNSIM_CPU_KERNEL=0`` chooses that path without a warning.
 """
 
 from __future__ import annotations
