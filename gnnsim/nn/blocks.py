@@ -165,11 +165,6 @@ class _Layout:
         return xs, ws, b0, layers, norm, gathered
 
 
-def _widths(first_weights: Sequence[Tensor], layers: Sequence[tuple[Tensor, Tensor]]) -> list[int]:
-    """Return the output width of each Linear: the first (split by input), then the later ones."""
-    return [first_weights[0].shape[0], *(bias.shape[0] for _, bias in layers)]
-
-
 def _tile_rows(widths: Sequence[int]) -> int:
     """Return the rows per tile for layers of these widths: ~TILE_ELEMENTS values of the widest per thread."""
     return max(1, TILE_ELEMENTS * torch.get_num_threads() // max(widths))
@@ -189,13 +184,23 @@ def _gather_rows(index):
     return torch.stack([i * len(index) + j for j, i in enumerate(index)], dim=1)
 
 
-def _gather_grads(g_table, gathered, needs):
-    """From the gathered projections' gradient [M, J, H] (or [M J, H]): the nodes' (where ``needs[0]``) and
-    each projection weight's."""
+def _gather_grads(g_table, gathered, need_nodes):
+    """From the gathered projections' gradient [M, J, H] (or [M J, H]): the flat gradients of the nodes (None
+    unless ``need_nodes``) and of each projection weight; none without a gather."""
+    if gathered is None:
+        return []
     nodes, weights = gathered
     g = g_table.reshape(nodes.shape[0], -1)  # [M, J H]
-    g_nodes = g @ torch.cat(weights) if needs[0] else None
-    return g_nodes, list((g.T @ nodes).split(weights[0].shape[0]))
+    g_nodes = g @ torch.cat(weights) if need_nodes else None
+    return [g_nodes, *(g.T @ nodes).split(weights[0].shape[0])]
+
+
+def _kernel_widths(xs, ws, layers, gathered, per_thread_rows):
+    """The widths the fused CPU kernel would run this MLP at (``cpu_kernel.padded_widths``), or None where it
+    cannot run it (``cpu_kernel.supports``)."""
+    widths = cpu_kernel.padded_widths(cpu_kernel.linear_widths(ws, layers))
+    tensors = [*xs, *ws, *([] if gathered is None else [gathered[0], *gathered[1]])]
+    return widths if cpu_kernel.supports(tensors, widths, per_thread_rows) else None
 
 
 def _pad_to(t: Tensor, *shape: int) -> Tensor:
@@ -224,12 +229,9 @@ def _tiled_forward(layout, num_nodes, index, receivers, tensors, save):
     """
     xs, ws, b0, layers, norm, gathered = layout.unpack(tensors)
     rows, last = xs[0].shape[0], len(layers)
-    widths = _widths(ws, layers)
-    kernel_tensors = [*xs, *ws, *([] if gathered is None else [gathered[0], *gathered[1]])]
-    padded = cpu_kernel.padded_widths(widths)
-    fits = cpu_kernel.supports(kernel_tensors, padded, num_nodes if layout.scatter else 0)
-    fits = fits and not (layout.residual and xs[0].shape[1] != widths[-1])
-    fits = fits and (gathered is None or gathered[0].shape[1] % 16 == 0)  # node rows go 16 floats at a time
+    widths = cpu_kernel.linear_widths(ws, layers)
+    padded = _kernel_widths(xs, ws, layers, gathered, num_nodes if layout.scatter else 0)
+    fits = padded is not None and not (layout.residual and xs[0].shape[1] != widths[-1])
     acts = pre_norm = mean = rstd = None
     if save:  # the kernel's activations in its padded widths (the backward pass reads what it needs)
         acts = [xs[0].new_empty(rows, w) for w in (padded if fits else widths)[:-1]]  # post-ReLU, [R, H_k]
@@ -322,13 +324,12 @@ class TiledMLP(torch.autograd.Function):
 
         grad_out = grad_out.contiguous()
         needs_x = needs[: layout.num_inputs]
-        needs_nodes = needs[layout.num_tensors - layout.gather - 1 : layout.num_tensors - layout.gather]
-        widths = _widths(ws, layers)
-        kernel_tensors = [*xs, *ws, *([] if gathered is None else [gathered[0], *gathered[1]])]
-        table_rows = 0 if gathered is None else gathered[0].shape[0] * layout.gather  # the threads' own sums
-        padded = cpu_kernel.padded_widths(widths)
+        need_nodes = needs[layout.num_tensors - layout.gather - 1]
+        widths = cpu_kernel.linear_widths(ws, layers)
+        own_rows = 0 if gathered is None else gathered[0].shape[0] * layout.gather  # the threads' own sums
+        padded = _kernel_widths(xs, ws, layers, gathered, own_rows)
         if (
-            cpu_kernel.supports(kernel_tensors, padded, table_rows)
+            padded is not None
             and all(x.shape[1] % 32 == 0 for x in xs)
             and [a.shape[1] for a in acts] == padded[:-1]  # the forward pass ran the kernel too
         ):
@@ -342,54 +343,48 @@ class TiledMLP(torch.autograd.Function):
             g_layers = [
                 (g_w[: w.shape[0], : w.shape[1]], g_b[: b.shape[0]]) for (g_w, g_b), (w, b) in zip(g_layers, layers)
             ]
-            g_gathered = () if gathered is None else _gather_grads(g_table[..., :h0], gathered, needs_nodes)
-            grads = [*g_xs, *g_ws, g_b0, *(g for pair in g_layers for g in pair), *(g_norm or ())]
-            return (*skip, *grads, *_flat(g_gathered))
-        table_rows = None if gathered is None else _gather_rows(index)
-        g_table = None if gathered is None else b0.new_zeros(gathered[0].shape[0] * layout.gather, b0.shape[0])
-        g_xs = [x.new_empty(x.shape) if need else None for x, need in zip(xs, needs_x)]
-        g_ws = [torch.zeros_like(w) for w in ws]
-        g_b0 = torch.zeros_like(b0)
-        g_layers = [(torch.zeros_like(w), torch.zeros_like(b)) for w, b in layers]
-        g_norm = () if norm is None else (torch.zeros_like(norm[0]), torch.zeros_like(norm[1]))
-        rows = grad_out.shape[0]
-        tile = _tile_rows(widths)
-        for start in range(0, rows, tile):
-            sl = slice(start, min(start + tile, rows))
-            g = grad_out[sl]  # d loss / d MLP output, then walked back through the layers
-            if receivers is not None:
-                g = grad_incoming.index_select(0, receivers[sl]).add_(g)
-            if norm is not None:
-                g, gw, gb = torch.ops.aten.native_layer_norm_backward(
-                    g, pre_norm[sl], (g.shape[1],), mean[sl], rstd[sl], norm[0], norm[1], [True, True, True]
-                )
-                g_norm[0].add_(gw)
-                g_norm[1].add_(gb)
-            for k in range(layout.num_layers, 0, -1):  # Linear k reads the post-ReLU activation acts[k - 1]
-                (weight, _), (g_weight, g_bias) = layers[k - 1], g_layers[k - 1]
-                a = acts[k - 1][sl, : weight.shape[1]]  # the kernel's forward pass saves them padded
-                g_bias.add_(g.sum(0))
-                g_weight.addmm_(g.T, a)
-                g = g @ weight
-                torch.ops.aten.threshold_backward.grad_input(g, a, 0, grad_input=g)  # ReLU's backward
-            g_b0.add_(g.sum(0))
-            for i, (x, w, g_x, g_w) in enumerate(zip(xs, ws, g_xs, g_ws)):
-                g_w.addmm_(g.T, x[sl])
-                if g_x is not None and i == 0 and layout.residual:
-                    torch.addmm(grad_out[sl], g, w, out=g_x[sl])
-                elif g_x is not None:
-                    torch.mm(g, w, out=g_x[sl])
-            if g_table is not None:
-                for table_index in table_rows[sl].unbind(1):
-                    g_table.index_add_(0, table_index, g)
-        g_gathered = () if gathered is None else _gather_grads(g_table, gathered, needs_nodes)
+            g_norm = g_norm or ()
+            g_table = None if g_table is None else g_table[..., :h0]
+        else:  # PyTorch ops, tile by tile
+            table_rows = None if gathered is None else _gather_rows(index)
+            g_table = None if gathered is None else b0.new_zeros(gathered[0].shape[0] * layout.gather, b0.shape[0])
+            g_xs = [x.new_empty(x.shape) if need else None for x, need in zip(xs, needs_x)]
+            g_ws = [torch.zeros_like(w) for w in ws]
+            g_b0 = torch.zeros_like(b0)
+            g_layers = [(torch.zeros_like(w), torch.zeros_like(b)) for w, b in layers]
+            g_norm = () if norm is None else (torch.zeros_like(norm[0]), torch.zeros_like(norm[1]))
+            rows = grad_out.shape[0]
+            tile = _tile_rows(widths)
+            for start in range(0, rows, tile):
+                sl = slice(start, min(start + tile, rows))
+                g = grad_out[sl]  # d loss / d MLP output, then walked back through the layers
+                if receivers is not None:
+                    g = grad_incoming.index_select(0, receivers[sl]).add_(g)
+                if norm is not None:
+                    g, gw, gb = torch.ops.aten.native_layer_norm_backward(
+                        g, pre_norm[sl], (g.shape[1],), mean[sl], rstd[sl], norm[0], norm[1], [True, True, True]
+                    )
+                    g_norm[0].add_(gw)
+                    g_norm[1].add_(gb)
+                for k in range(layout.num_layers, 0, -1):  # Linear k reads the post-ReLU activation acts[k - 1]
+                    (weight, _), (g_weight, g_bias) = layers[k - 1], g_layers[k - 1]
+                    a = acts[k - 1][sl, : weight.shape[1]]  # the kernel's forward pass saves them padded
+                    g_bias.add_(g.sum(0))
+                    g_weight.addmm_(g.T, a)
+                    g = g @ weight
+                    torch.ops.aten.threshold_backward.grad_input(g, a, 0, grad_input=g)  # ReLU's backward
+                g_b0.add_(g.sum(0))
+                for i, (x, w, g_x, g_w) in enumerate(zip(xs, ws, g_xs, g_ws)):
+                    g_w.addmm_(g.T, x[sl])
+                    if g_x is not None and i == 0 and layout.residual:
+                        torch.addmm(grad_out[sl], g, w, out=g_x[sl])
+                    elif g_x is not None:
+                        torch.mm(g, w, out=g_x[sl])
+                if g_table is not None:
+                    for table_index in table_rows[sl].unbind(1):
+                        g_table.index_add_(0, table_index, g)
         grads = [*g_xs, *g_ws, g_b0, *(g for pair in g_layers for g in pair), *g_norm]
-        return (*skip, *grads, *_flat(g_gathered))
-
-
-def _flat(g_gathered):
-    """``(g_nodes, [g_weight, ...])`` as flat gradients (nothing without a gather)."""
-    return () if not g_gathered else (g_gathered[0], *g_gathered[1])
+        return (*skip, *grads, *_gather_grads(g_table, gathered, need_nodes))
 
 
 class GraphNetBlock(nn.Module):

@@ -120,6 +120,11 @@ def supports(tensors: Sequence[Tensor], widths: Sequence[int], per_thread_rows: 
     )
 
 
+def linear_widths(first_weights: Sequence[Tensor], layers: Sequence[tuple[Tensor, Tensor]]) -> list[int]:
+    """Return the output width of each Linear: the first (split by input), then the later ones."""
+    return [first_weights[0].shape[0], *(bias.shape[0] for _, bias in layers)]
+
+
 def padded_widths(widths: Sequence[int]) -> list[int]:
     """The Linear widths the kernel runs an MLP at: hidden ones rounded up to multiples of 32 (zero units added,
     the same function), the output's as it is."""
@@ -140,7 +145,8 @@ def _int64s(values) -> ctypes.Array:
 
 
 def _check(status: int, what: str) -> None:
-    """Raise for a kernel call's nonzero status: 1, arguments out of its range; 2, out of memory."""
+    """Raise for a kernel call's nonzero status: 1, arguments out of its range; 2, out of memory; 3, an index
+    out of range."""
     if status == 3:
         raise IndexError(f"fused CPU kernel ({what}): an index is out of range (gathered rows or receivers)")
     if status == 2:
@@ -175,7 +181,7 @@ def mlp_forward(
     statistics are written too. The kernel checks each index before it reads or writes there (IndexError).
     """
     lib = library()
-    rows, widths = inputs[0].shape[0], [first_weights[0].shape[0], *(w.shape[0] for w, _ in layers)]
+    rows, widths = inputs[0].shape[0], linear_widths(first_weights, layers)
     width = widths[-1]
     xs = [x.contiguous() for x in inputs]
     ws = [_rows(w) for w in first_weights]
@@ -228,7 +234,7 @@ def mlp_backward(
     LayerNorm's (weight, bias) and of the gathered projections ([M, J, H], with ``gather``)."""
     lib = library()
     acts, pre_norm, mean, rstd = saved
-    rows, widths = grad_out.shape[0], [first_weights[0].shape[0], *(w.shape[0] for w, _ in layers)]
+    rows, widths = grad_out.shape[0], linear_widths(first_weights, layers)
     threads = torch.get_num_threads()
     xs = [x.contiguous() for x in inputs]
     ws = [_rows(w) for w in first_weights]  # [H, K_i]

@@ -8,8 +8,8 @@
 // multiplies it with one 32-wide row of the transposed weight; where H % 128 == 0 and K % 32 == 0, one level of
 // Strassen's algorithm does the block's product in 7 / 8 of the multiplications instead (strassen_product).
 // The block's activations stay in a 12 x H stack buffer (L1); LayerNorm, residual and scatter read the last one
-// from there. Backward: chunks of CH = 96 rows,
-// last layer first; weight gradients are g^T x over the chunk's rows, input gradients g W.
+// from there. Backward: chunks of CH = 96 rows, last layer first; weight gradients are g^T x over the chunk's
+// rows, input gradients g W.
 // Threads take contiguous blocks (static schedule: the same sums in the same order every run); each sums into
 // private buffers that are then added up.
 #include <immintrin.h>
@@ -277,9 +277,7 @@ int gnnsim_mlp_forward(
     float *const *acts, float *pre_norm, float *mean, float *rstd)  // saved for a backward pass, or NULL
 {
     const int64_t wmax = num_layers >= 0 ? check_widths(widths, num_layers) : 0;
-    if (!wmax || num_inputs < 1 || num_inputs > 8 || gather_count < 0 || gather_count > 8 ||
-        (gather_count && node_width % 16 != 0) || threads < 1)
-        return 1;
+    if (!wmax || num_inputs < 1 || num_inputs > 8 || gather_count < 0 || gather_count > 8 || threads < 1) return 1;
     // H: the output width (LayerNorm, residual, sums into receivers); h0: the first Linear's
     const int64_t h = widths[num_layers], h0 = widths[0], blocks = (rows + RB - 1) / RB, jh = gather_count * h0;
     // each weight transposed, [K, N]: the panels read one row of 32 output columns per input column; with the
