@@ -3,8 +3,9 @@
 One call runs a whole MeshGraphNets MLP over all rows, blocks of 12 rows at a time with every activation in
 L1: the split first Linear with its gathered node projections (computed in the same call), ReLUs, later
 Linears, LayerNorm, residual and the sum into receivers; a second call runs its backward pass. On the bench
-graph an edge MLP's forward runs at 94 % of the CPU's float32 FMA peak, against ~60 % for the tiled PyTorch
-path in ``gnnsim.nn.blocks`` (``docs/benchmarks.md``).
+graph, on one core, an edge MLP's forward does its products' FLOPs (counted as ordinary products: Strassen's
+skip 1/8 of them) at 90 % of the core's float32 FMA peak, against ~60 % for the tiled PyTorch path in
+``gnnsim.nn.blocks`` (``docs/benchmarks.md``).
 
 It is used for float32 on CPUs with AVX-512 (``torch.backends.cpu.get_cpu_capability()``), when the output
 width is a multiple of 32 (hidden widths are padded to one with zero units), outside ``TorchDispatchMode``s (a

@@ -8,8 +8,9 @@
 // multiplies it with one 32-wide row of the transposed weight; where H % 128 == 0 and K % 32 == 0, one level of
 // Strassen's algorithm does the block's product in 7 / 8 of the multiplications instead (strassen_product).
 // The block's activations stay in a 12 x H stack buffer (L1); LayerNorm, residual and scatter read the last one
-// from there. Backward: chunks of CH = 96 rows, last layer first; weight gradients are g^T x over the chunk's
-// rows, input gradients g W.
+// from there; while a block computes, the cache lines of the next block (its inputs, gathered rows, outputs and
+// receivers' sums) are fetched, one per step of the products' inner loops (Ahead). Backward: chunks of CH = 96
+// rows, last layer first; weight gradients are g^T x over the chunk's rows, input gradients g W.
 // Threads take contiguous blocks (static schedule: the same sums in the same order every run); each sums into
 // private buffers that are then added up.
 #include <immintrin.h>
@@ -25,10 +26,38 @@ typedef struct {
     __m512 v[RB][2];
 } Acc;
 
+// Cache lines the next block of rows will read or write (its inputs, gathered table rows, outputs, receivers'
+// sums), fetched one per step of this block's inner product loops, so that the block starts on lines in L1.
+// A line to be written carries 1 in its address's low bit.
+#define AHEAD_MAX 1024
+typedef struct {
+    uintptr_t line[AHEAD_MAX];
+    int n, next;
+} Ahead;
+
+// rows [first, first + count) of a [., width] matrix (none where count <= 0)
+static void ahead_rows(Ahead *a, const float *matrix, int64_t first, int64_t count, int64_t width, int write) {
+    if (count <= 0) return;
+    const uintptr_t from = (uintptr_t)(matrix + first * width), to = (uintptr_t)(matrix + (first + count) * width);
+    for (uintptr_t p = from & ~(uintptr_t)63; p < to && a->n < AHEAD_MAX; p += 64)
+        a->line[a->n++] = p | (uintptr_t)write;
+}
+
+static inline __attribute__((always_inline)) void ahead_step(Ahead *a) {
+    if (a && a->next < a->n) {
+        const uintptr_t p = a->line[a->next++];
+        if (p & 1)
+            __builtin_prefetch((const void *)(p - 1), 1, 3);
+        else
+            __builtin_prefetch((const void *)p, 0, 3);
+    }
+}
+
 // acc[r] += a_rows[r][0:k] @ w[0:k, 0:32] (w's rows ldw apart)
 static inline __attribute__((always_inline)) void acc_gemm(Acc *acc, const float *const *a_rows, int64_t k_len,
-                                                           const float *w, int64_t ldw) {
+                                                           const float *w, int64_t ldw, Ahead *ahead) {
     for (int64_t k = 0; k < k_len; k++) {
+        ahead_step(ahead);
         __m512 w0 = _mm512_loadu_ps(w + k * ldw), w1 = _mm512_loadu_ps(w + k * ldw + 16);
 #pragma GCC unroll 12
         for (int r = 0; r < RB; r++) {
@@ -68,7 +97,7 @@ static void rows_product(const float *g, int64_t n, int64_t k, const float *w, i
                 acc.v[r][0] = _mm512_loadu_ps(from);
                 acc.v[r][1] = _mm512_loadu_ps(from + 16);
             }
-            acc_gemm(&acc, a_rows, k, w + p * 32, ldw);
+            acc_gemm(&acc, a_rows, k, w + p * 32, ldw, NULL);
             for (int r = 0; r < m; r++) {
                 _mm512_storeu_ps(out + (b + r) * cols + p * 32, acc.v[r][0]);
                 _mm512_storeu_ps(out + (b + r) * cols + p * 32 + 16, acc.v[r][1]);
@@ -115,7 +144,7 @@ static void block_init(float *c, int64_t h, const float *bias, const float *tabl
 // One level of Strassen's algorithm where K % 32 == 0 and H % 128 == 0: the 12 x K block A, the K x H weight B
 // and the 12 x H result C split in 2 x 2 quadrants (6 rows, K / 2 and H / 2 columns), and C += A B costs seven
 // quadrant products instead of eight. The weight's seven combinations T_j are made once per call
-// (strassen_weights); the block's seven S_j here; each product S_j T_j is added to or subtracted from one or
+// (pack_tile); the block's seven S_j here; each product S_j T_j is added to or subtracted from one or
 // two quadrants of C. Products run as 6 x 64 panels, 24 accumulators.
 #define SR (RB / 2)
 #define MAX_K 1024  // widest input the Strassen path takes (its combinations live on the stack)
@@ -149,28 +178,8 @@ static const int8_t strassen_to[7][2] = {{0, 3}, {2, 3}, {1, 3}, {0, 2}, {0, 1},
 static const int8_t strassen_op[7][2] = {{FIRST, FIRST}, {FIRST, SUB}, {FIRST, ADD}, {ADD, LAST}, {SUB, LAST},
                                          {LAST, NONE}, {LAST, NONE}};
 
-// t[7][K / 2][H / 2] from the transposed weight wt [K, H]: B11 + B22, B11, B12 - B22, B21 - B11, B22,
-// B11 + B12, B21 + B22 (rows k0 <= k < k1 of each)
-static void strassen_weights(float *t, const float *wt, int64_t k, int64_t h, int64_t k0, int64_t k1) {
-    const int64_t k2 = k / 2, h2 = h / 2, st = k2 * h2;
-    for (int64_t i = k0; i < k1; i++)
-        for (int64_t col = 0; col < h2; col += 16) {
-            const float *top = wt + i * h + col, *bot = wt + (k2 + i) * h + col;
-            __m512 b11 = _mm512_loadu_ps(top), b12 = _mm512_loadu_ps(top + h2);
-            __m512 b21 = _mm512_loadu_ps(bot), b22 = _mm512_loadu_ps(bot + h2);
-            float *d = t + i * h2 + col;
-            _mm512_storeu_ps(d, _mm512_add_ps(b11, b22));
-            _mm512_storeu_ps(d + st, b11);
-            _mm512_storeu_ps(d + 2 * st, _mm512_sub_ps(b12, b22));
-            _mm512_storeu_ps(d + 3 * st, _mm512_sub_ps(b21, b11));
-            _mm512_storeu_ps(d + 4 * st, b22);
-            _mm512_storeu_ps(d + 5 * st, _mm512_add_ps(b11, b12));
-            _mm512_storeu_ps(d + 6 * st, _mm512_add_ps(b21, b22));
-        }
-}
-
 static void strassen_product(float *c, int64_t h, const float *const *a_rows, int64_t k, const float *t,
-                             const float *bias, int relu) {
+                             const float *bias, int relu, Ahead *ahead) {
     const int64_t k2 = k / 2, h2 = h / 2, st = SR * k2;
     float s[5 * SR * (MAX_K / 2)];  // [5][SR, K / 2]: A11 + A22, A21 + A22, A11 + A12, A21 - A11, A12 - A22
     for (int r = 0; r < SR; r++)
@@ -197,6 +206,7 @@ static void strassen_product(float *c, int64_t h, const float *const *a_rows, in
                 for (int v = 0; v < 4; v++) acc.v[r][v] = _mm512_setzero_ps();
             const float *b = t + j * k2 * h2 + p;
             for (int64_t i = 0; i < k2; i++) {
+                ahead_step(ahead);
                 const float *bi = b + i * h2;
                 __m512 b0 = _mm512_loadu_ps(bi), b1 = _mm512_loadu_ps(bi + 16);
                 __m512 b2 = _mm512_loadu_ps(bi + 32), b3 = _mm512_loadu_ps(bi + 48);
@@ -223,9 +233,9 @@ static void strassen_product(float *c, int64_t h, const float *const *a_rows, in
 // c [RB, H] = bias + a @ wt (bias NULL: c += a @ wt) for the block's rows a_rows [RB][K], then ReLU where relu is
 // set: Strassen where t (wt's combinations) is given, else 12 x 32 panels
 static void block_linear(float *c, int64_t h, const float *const *a_rows, int64_t k, const float *wt,
-                         const float *t, const float *bias, int relu) {
+                         const float *t, const float *bias, int relu, Ahead *ahead) {
     if (t) {
-        strassen_product(c, h, a_rows, k, t, bias, relu);
+        strassen_product(c, h, a_rows, k, t, bias, relu, ahead);
         return;
     }
     for (int64_t p = 0; p < h / 32; p++) {
@@ -234,20 +244,89 @@ static void block_linear(float *c, int64_t h, const float *const *a_rows, int64_
             acc.v[r][0] = bias ? _mm512_loadu_ps(bias + p * 32) : _mm512_loadu_ps(c + r * h + p * 32);
             acc.v[r][1] = bias ? _mm512_loadu_ps(bias + p * 32 + 16) : _mm512_loadu_ps(c + r * h + p * 32 + 16);
         }
-        acc_gemm(&acc, a_rows, k, wt + p * 32, h);
+        acc_gemm(&acc, a_rows, k, wt + p * 32, h, ahead);
         acc_store(&acc, c + p * 32, h, relu);
     }
 }
 
 static int strassen_fits(int64_t k, int64_t h) { return k % 32 == 0 && k <= MAX_K && h % 128 == 0; }
 
-// One weight matrix for the forward pass: [N, K] in row blocks of bh rows (src[b], rows ld[b] apart), its
-// transpose [K, N] and its Strassen combinations (NULL where strassen_fits says no)
+// One weight matrix for the forward pass: [N, K] in row blocks of bh rows (src[b], rows ld[b] apart), packed
+// either as its transpose t [K, N] or, where strassen_fits, as the seven combinations c [7][K / 2][N / 2] of its
+// transpose B's quadrants: B11 + B22, B11, B12 - B22, B21 - B11, B22, B11 + B12, B21 + B22 (the other NULL)
 typedef struct {
     const float *src[8];
     int64_t ld[8], bh, k, n;
     float *t, *c;
 } Matrix;
+
+static const float *matrix_row(const Matrix *x, int64_t row) {
+    return x->src[row / x->bh] + row % x->bh * x->ld[row / x->bh];
+}
+
+// r[c][j] = r[j][c]: a 16 x 16 transpose in registers (pairs, then quads within 128-bit lanes, then the lanes)
+static inline __attribute__((always_inline)) void transpose16(__m512 r[16]) {
+    __m512 t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {  // r[i + e]: element e of each lane of rows i .. i + 3
+        r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+        r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+        r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int e = 0; e < 4; e++) {
+        const __m512 v0 = _mm512_shuffle_f32x4(r[e], r[4 + e], 0x88), v1 = _mm512_shuffle_f32x4(r[e], r[4 + e], 0xDD);
+        const __m512 v2 = _mm512_shuffle_f32x4(r[8 + e], r[12 + e], 0x88);
+        const __m512 v3 = _mm512_shuffle_f32x4(r[8 + e], r[12 + e], 0xDD);
+        t[e] = _mm512_shuffle_f32x4(v0, v2, 0x88);
+        t[4 + e] = _mm512_shuffle_f32x4(v1, v3, 0x88);
+        t[8 + e] = _mm512_shuffle_f32x4(v0, v2, 0xDD);
+        t[12 + e] = _mm512_shuffle_f32x4(v1, v3, 0xDD);
+    }
+    for (int i = 0; i < 16; i++) r[i] = t[i];
+}
+
+// dst[c * ldd + j] = src[j * ld + c] for j < 16, c < min(k, 16)
+static void transpose_tile(float *dst, int64_t ldd, const float *src, int64_t ld, int64_t k) {
+    const __mmask16 cols = k >= 16 ? 0xFFFF : (__mmask16)((1u << k) - 1);
+    __m512 r[16];
+    for (int j = 0; j < 16; j++) r[j] = _mm512_maskz_loadu_ps(cols, src + j * ld);
+    transpose16(r);
+    for (int64_t c = 0; c < k && c < 16; c++) _mm512_storeu_ps(dst + c * ldd, r[c]);
+}
+
+// The packed form's 16 x 16 tiles: of t, or of each of c's seven combinations
+static int64_t pack_tiles(const Matrix *x) { return x->c ? x->k / 32 * (x->n / 32) : (x->k + 15) / 16 * (x->n / 16); }
+
+static void pack_tile(const Matrix *x, int64_t tile) {
+    if (!x->c) {
+        const int64_t kt = (x->k + 15) / 16, j0 = tile / kt * 16, c0 = tile % kt * 16;
+        transpose_tile(x->t + c0 * x->n + j0, x->n, matrix_row(x, j0) + c0, x->ld[j0 / x->bh], x->k - c0);
+        return;
+    }
+    const int64_t k2 = x->k / 2, n2 = x->n / 2, st = k2 * n2, i0 = tile % (k2 / 16) * 16, j0 = tile / (k2 / 16) * 16;
+    float q[4][16 * 16];  // B11, B12, B21, B22's tiles: B_ab is W's rows b N / 2 + j, columns a K / 2 + i
+    for (int a = 0; a < 2; a++)
+        for (int b = 0; b < 2; b++) {
+            const int64_t row = b * n2 + j0;
+            transpose_tile(q[2 * a + b], 16, matrix_row(x, row) + a * k2 + i0, x->ld[row / x->bh], 16);
+        }
+    for (int i = 0; i < 16; i++) {
+        const __m512 b11 = _mm512_loadu_ps(q[0] + 16 * i), b12 = _mm512_loadu_ps(q[1] + 16 * i);
+        const __m512 b21 = _mm512_loadu_ps(q[2] + 16 * i), b22 = _mm512_loadu_ps(q[3] + 16 * i);
+        float *d = x->c + (i0 + i) * n2 + j0;
+        _mm512_storeu_ps(d, _mm512_add_ps(b11, b22));
+        _mm512_storeu_ps(d + st, b11);
+        _mm512_storeu_ps(d + 2 * st, _mm512_sub_ps(b12, b22));
+        _mm512_storeu_ps(d + 3 * st, _mm512_sub_ps(b21, b11));
+        _mm512_storeu_ps(d + 4 * st, b22);
+        _mm512_storeu_ps(d + 5 * st, _mm512_add_ps(b11, b12));
+        _mm512_storeu_ps(d + 6 * st, _mm512_add_ps(b21, b22));
+    }
+}
 
 // Whether the Linears' output widths (num_layers + 1 of them) suit the kernel: multiples of 32; their largest
 static int64_t check_widths(const int64_t *widths, int32_t num_layers) {
@@ -285,7 +364,7 @@ int gnnsim_mlp_forward(
     // matrix, [J H_0, F]: the table [M, J, H_0] holds nodes @ its transpose.
     const int32_t matrices = num_inputs + num_layers + (gather_count > 0);
     Matrix mat[matrices];
-    int64_t floats = gather_count ? num_gather * jh : 0, max_strips = 0;
+    int64_t floats = gather_count ? num_gather * jh : 0, tiles = 0;
     for (int32_t m = 0; m < matrices; m++) {
         Matrix *x = &mat[m];
         if (m < num_inputs) {
@@ -300,41 +379,35 @@ int gnnsim_mlp_forward(
                 x->ld[j] = gather_ld[j];
             }
         }
-        floats += x->k * x->n + (strassen_fits(x->k, x->n) ? 7 * x->k / 2 * x->n / 2 : 0);
-        if (x->n / 16 > max_strips) max_strips = x->n / 16;
+        floats += strassen_fits(x->k, x->n) ? 7 * x->k / 2 * x->n / 2 : x->k * x->n;
     }
     const int64_t inc_size = incoming ? num_nodes * h : 0;
     float *wt = scratch(sizeof(float) * (floats + (threads - 1) * inc_size));  // + other threads' sums
     if (!wt) return 2;
     float *table = wt, *next = gather_count ? wt + num_gather * jh : wt;
+    int64_t first_tile[matrices + 1];  // the packing's work items: 16 x 16 tiles, first_tile[m] of matrix m on
     for (int32_t m = 0; m < matrices; m++) {
-        mat[m].t = next;
-        next += mat[m].k * mat[m].n;
-        mat[m].c = strassen_fits(mat[m].k, mat[m].n) ? next : NULL;
-        if (mat[m].c) next += 7 * mat[m].k / 2 * mat[m].n / 2;
+        Matrix *x = &mat[m];
+        const int strassen = strassen_fits(x->k, x->n);
+        x->t = strassen ? NULL : next;
+        x->c = strassen ? next : NULL;
+        next += strassen ? 7 * x->k / 2 * x->n / 2 : x->k * x->n;
+        first_tile[m] = tiles;
+        tiles += pack_tiles(x);
     }
+    first_tile[matrices] = tiles;
     const Matrix *gathered = gather_count ? &mat[matrices - 1] : NULL;
     int bad = 0;
 #pragma omp parallel num_threads(threads)
     {
 #pragma omp for schedule(static)
-        for (int64_t item = 0; item < matrices * max_strips; item++) {  // 16 rows of one weight, 16 x 16 tiles
-            const Matrix *x = &mat[item / max_strips];
-            const int64_t j0 = item % max_strips * 16, k = x->k, n = x->n;
-            if (j0 >= n) continue;
-            const int64_t b = j0 / x->bh, ld = x->ld[b];
-            const float *src = x->src[b] + (j0 % x->bh) * ld;  // 16 rows within one row block
-            for (int64_t c0 = 0; c0 < k; c0 += 16)
-                for (int64_t j = 0; j < 16; j++)
-                    for (int64_t c = c0; c < c0 + 16 && c < k; c++) x->t[c * n + j0 + j] = src[j * ld + c];
-        }
-#pragma omp for schedule(static)
-        for (int64_t item = 0; item < matrices * 16; item++) {  // a 16th of one matrix's combinations
-            const Matrix *x = &mat[item / 16];
-            const int64_t part = item % 16, k2 = x->k / 2;
-            if (x->c) strassen_weights(x->c, x->t, x->k, x->n, k2 * part / 16, k2 * (part + 1) / 16);
+        for (int64_t item = 0; item < tiles; item++) {
+            int32_t m = 0;
+            while (item >= first_tile[m + 1]) m++;
+            pack_tile(&mat[m], item - first_tile[m]);
         }
         const float *a_rows[RB];
+        Ahead ahead;
         if (gathered) {  // the table: each node's J projections
             float zeros[jh], proj[RB * jh];
             memset(zeros, 0, sizeof(zeros));
@@ -342,7 +415,10 @@ int gnnsim_mlp_forward(
             for (int64_t blk = 0; blk < (num_gather + RB - 1) / RB; blk++) {
                 const int64_t r0 = blk * RB, nr = num_gather - r0 < RB ? num_gather - r0 : RB;
                 for (int r = 0; r < RB; r++) a_rows[r] = nodes + (r0 + (r < nr ? r : nr - 1)) * node_width;
-                block_linear(proj, jh, a_rows, node_width, gathered->t, gathered->c, zeros, 0);
+                ahead.n = ahead.next = 0;
+                const int64_t coming = num_gather - r0 - RB < RB ? num_gather - r0 - RB : RB;
+                ahead_rows(&ahead, nodes, r0 + RB, coming, node_width, 0);
+                block_linear(proj, jh, a_rows, node_width, gathered->t, gathered->c, zeros, 0, &ahead);
                 memcpy(table + r0 * jh, proj, sizeof(float) * nr * jh);
             }
         }
@@ -364,13 +440,25 @@ int gnnsim_mlp_forward(
                 bad = 1;
                 continue;
             }
+            ahead.n = ahead.next = 0;  // the next block's lines
+            const int64_t n0 = r0 + RB, nn = rows - n0 < RB ? rows - n0 : RB;
+            for (int32_t i = 0; i < num_inputs; i++) ahead_rows(&ahead, inputs[i], n0, nn, in_widths[i], 0);
+            for (int64_t row = n0; row < n0 + nn; row++) {
+                for (int32_t j = 0; j < gather_count; j++)
+                    if (gather_index[j][row] >= 0 && gather_index[j][row] < num_gather)
+                        ahead_rows(&ahead, table, gather_index[j][row] * gather_count + j, 1, h0, 0);
+                if (inc && receivers[row] >= 0 && receivers[row] < num_nodes)
+                    ahead_rows(&ahead, inc, receivers[row], 1, h, 1);
+            }
+            if (residual && residual != inputs[0]) ahead_rows(&ahead, residual, n0, nn, h, 0);
+            ahead_rows(&ahead, out, n0, nn, h, 1);
             // first Linear: bias and gathered projections, plus the inputs' products
             const int init = gather_count || !first_bias;
             if (init) block_init(buf[0], h0, first_bias, table, gather_index, gather_count, r0, nr);
             for (int32_t i = 0; i < num_inputs; i++) {
                 for (int r = 0; r < RB; r++) a_rows[r] = inputs[i] + (r0 + (r < nr ? r : nr - 1)) * in_widths[i];
                 block_linear(buf[0], h0, a_rows, in_widths[i], mat[i].t, mat[i].c, i == 0 && !init ? first_bias : NULL,
-                             i == num_inputs - 1 && num_layers > 0);
+                             i == num_inputs - 1 && num_layers > 0, &ahead);
             }
             // later Linears, ping-ponging between the two buffers (rows H_l-1 and H_l apart)
             int cur = 0;
@@ -378,7 +466,7 @@ int gnnsim_mlp_forward(
                 const Matrix *x = &mat[num_inputs + l];
                 if (acts) save(acts[l] + r0 * x->k, buf[cur], nr * x->k);
                 for (int r = 0; r < RB; r++) a_rows[r] = buf[cur] + r * x->k;
-                block_linear(buf[1 - cur], x->n, a_rows, x->k, x->t, x->c, biases[l], l < num_layers - 1);
+                block_linear(buf[1 - cur], x->n, a_rows, x->k, x->t, x->c, biases[l], l < num_layers - 1, &ahead);
                 cur = 1 - cur;
             }
             // LayerNorm (biased variance, as torch), residual, sum into receivers
