@@ -13,6 +13,7 @@ from gnnsim.nn import cpu_kernel
 from gnnsim.nn.blocks import GraphNetBlock, fused_mlp, split_edge_mlp
 from gnnsim.nn.encode_process_decode import ModelConfig
 from gnnsim.nn.mlp import MLP
+from gnnsim.nn.processor import CheckpointedProcessor, Processor
 from gnnsim.simulators.flow import FlowSimulator
 
 pytestmark = pytest.mark.skipif(
@@ -22,16 +23,20 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture
 def calls(monkeypatch):
-    """Count the kernel's forward and backward calls."""
+    """Count the kernel's forward passes (one per MLP) and backward calls."""
     counts = {"forward": 0, "backward": 0}
-    for name in counts:
-        run = getattr(cpu_kernel, f"mlp_{name}")
+    run_forward, mlp_backward = cpu_kernel.run_forward, cpu_kernel.mlp_backward
 
-        def counted(*args, _run=run, _name=name, **kwargs):
-            counts[_name] += 1
-            return _run(*args, **kwargs)
+    def forward(passes):
+        counts["forward"] += len(passes)
+        return run_forward(passes)
 
-        monkeypatch.setattr(cpu_kernel, f"mlp_{name}", counted)
+    def backward(*args, **kwargs):
+        counts["backward"] += 1
+        return mlp_backward(*args, **kwargs)
+
+    monkeypatch.setattr(cpu_kernel, "run_forward", forward)
+    monkeypatch.setattr(cpu_kernel, "mlp_backward", backward)
     return counts
 
 
@@ -76,6 +81,33 @@ def test_kernel_block_equals_pytorch_block(calls, hidden_layers, latent, edge_co
         with FlopCounterMode(display=False) as counter:  # a dispatch mode sees the PyTorch path's matmuls
             block(nodes, edges, topology)
     assert calls["forward"] == 2 * (len(edge_counts) + 1) and counter.get_total_flops() > 0
+
+
+@pytest.mark.parametrize("processor", [Processor, CheckpointedProcessor])
+@pytest.mark.parametrize("latent,edge_counts", [(32, {"mesh": 301}), (128, {"mesh": 101, "world": 29})])
+def test_processor_runs_its_blocks_in_one_kernel_call(monkeypatch, processor, latent, edge_counts):
+    """Without autograd the processor's blocks are one kernel call of 3 x (edge sets + 1) passes, the later
+    blocks updating the first's outputs in place: the same floats as block by block, the inputs untouched."""
+    torch.manual_seed(0)
+    blocks = processor([GraphNetBlock(latent, tuple(edge_counts)) for _ in range(3)])
+    g = torch.Generator().manual_seed(0)
+    nodes = torch.randn(37, latent, generator=g)
+    edges = {k: torch.randn(n, latent, generator=g) for k, n in edge_counts.items()}
+    topology = {k: tuple(torch.randint(0, 37, (2, n), generator=g)) for k, n in edge_counts.items()}
+    inputs = (nodes.clone(), {k: e.clone() for k, e in edges.items()})
+    calls, run_forward = [], cpu_kernel.run_forward
+    monkeypatch.setattr(cpu_kernel, "run_forward", lambda passes: calls.append(len(passes)) or run_forward(passes))
+    with torch.no_grad():
+        one_call = blocks(nodes, edges, topology)
+        assert calls == [3 * (len(edge_counts) + 1)]
+        monkeypatch.setattr("gnnsim.nn.processor.run_blocks", lambda *args: None)
+        by_block = blocks(nodes, edges, topology)
+    assert len(calls) == 1 + 3 * (len(edge_counts) + 1)
+    assert torch.equal(one_call[0], by_block[0]) and all(torch.equal(one_call[1][k], by_block[1][k]) for k in edges)
+    assert torch.equal(nodes, inputs[0]) and all(torch.equal(edges[k], inputs[1][k]) for k in edges)
+    with torch.no_grad(), cpu_kernel.disabled():  # and the PyTorch path's to float32 rounding
+        reference = blocks(nodes, edges, topology)
+    assert_close_float32([one_call[0], *one_call[1].values()], [reference[0], *reference[1].values()])
 
 
 def test_kernel_on_one_and_two_threads():

@@ -101,16 +101,8 @@ def fused_mlp(
     """
     first, *rest = mlp.linears
     norm = mlp.norm
-    cpu_float = inputs[0].device.type == "cpu" and not torch.is_autocast_enabled("cpu")
-    if cpu_float and not torch.compiler.is_compiling():
-        eps = None if norm is None else norm.eps
-        count = 0 if gather is None else len(gather.index)
-        layout = _Layout(len(inputs), len(rest), count, eps, residual, receivers is not None)
-        tensors = [*inputs, *weights, first.bias]
-        tensors += [p for layer in rest for p in (layer.weight, layer.bias)]
-        tensors += [] if norm is None else [norm.weight, norm.bias]
-        tensors += [] if gather is None else [gather.nodes, *gather.weights]
-        index = () if gather is None else tuple(gather.index)
+    if _tile_by_tile(inputs[0]):
+        layout, tensors, index = _mlp_layout(mlp, inputs, weights, gather, residual, receivers is not None)
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
             out = TiledMLP.apply(layout, num_nodes, receivers, *index, *tensors)
             return out if layout.scatter else (out, None)
@@ -195,12 +187,48 @@ def _gather_grads(g_table, gathered, need_nodes):
     return [g_nodes, *(g.T @ nodes).split(weights[0].shape[0])]
 
 
+def _tile_by_tile(x: Tensor) -> bool:
+    """Whether ``fused_mlp`` runs tile by tile (``TiledMLP``, the fused CPU kernel where it can) on inputs like
+    ``x``: float on the CPU, outside ``torch.compile``."""
+    return x.device.type == "cpu" and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
+
+
+def _mlp_layout(mlp: MLP, inputs, weights, gather: Gather | None, residual: bool, scatter: bool):
+    """Return ``fused_mlp``'s arguments as ``TiledMLP`` takes them: ``(layout, tensors, index)``."""
+    first, *rest = mlp.linears
+    eps = None if mlp.norm is None else mlp.norm.eps
+    layout = _Layout(len(inputs), len(rest), 0 if gather is None else len(gather.index), eps, residual, scatter)
+    tensors = [*inputs, *weights, first.bias]
+    tensors += [p for layer in rest for p in (layer.weight, layer.bias)]
+    tensors += [] if mlp.norm is None else [mlp.norm.weight, mlp.norm.bias]
+    tensors += [] if gather is None else [gather.nodes, *gather.weights]
+    return layout, tensors, () if gather is None else tuple(gather.index)
+
+
 def _kernel_widths(xs, ws, layers, gathered, per_thread_rows):
     """The widths the fused CPU kernel would run this MLP at (``cpu_kernel.padded_widths``), or None where it
     cannot run it (``cpu_kernel.supports``)."""
     widths = cpu_kernel.padded_widths(cpu_kernel.linear_widths(ws, layers))
     tensors = [*xs, *ws, *([] if gathered is None else [gathered[0], *gathered[1]])]
     return widths if cpu_kernel.supports(tensors, widths, per_thread_rows) else None
+
+
+def _kernel_fit(layout, tensors, num_nodes):
+    """The widths the fused CPU kernel runs ``TiledMLP``'s MLP at, or None where it cannot run it."""
+    xs, ws, _, layers, _, gathered = layout.unpack(tensors)
+    padded = _kernel_widths(xs, ws, layers, gathered, num_nodes if layout.scatter else 0)
+    return None if layout.residual and xs[0].shape[1] != cpu_kernel.linear_widths(ws, layers)[-1] else padded
+
+
+def _kernel_pass(layout, num_nodes, index, receivers, tensors, padded, saved=None, into=None, incoming=None):
+    """``TiledMLP``'s MLP as a pass of the fused CPU kernel at widths ``padded`` (``_kernel_fit``): return
+    ``cpu_kernel.forward_pass``'s ``(pass, out, incoming or None)``."""
+    xs, ws, b0, layers, norm, gathered = layout.unpack(tensors)
+    ws, b0, layers, gathered = _pad_hidden(ws, b0, layers, gathered, padded)
+    return cpu_kernel.forward_pass(
+        xs, ws, b0, layers, None if norm is None else (*norm, layout.eps),
+        None if gathered is None else (*gathered, index), layout.residual, receivers, num_nodes, saved, into, incoming,
+    )
 
 
 def _pad_to(t: Tensor, *shape: int) -> Tensor:
@@ -230,22 +258,18 @@ def _tiled_forward(layout, num_nodes, index, receivers, tensors, save):
     xs, ws, b0, layers, norm, gathered = layout.unpack(tensors)
     rows, last = xs[0].shape[0], len(layers)
     widths = cpu_kernel.linear_widths(ws, layers)
-    padded = _kernel_widths(xs, ws, layers, gathered, num_nodes if layout.scatter else 0)
-    fits = padded is not None and not (layout.residual and xs[0].shape[1] != widths[-1])
+    padded = _kernel_fit(layout, tensors, num_nodes)
     acts = pre_norm = mean = rstd = None
     if save:  # the kernel's activations in its padded widths (the backward pass reads what it needs)
-        acts = [xs[0].new_empty(rows, w) for w in (padded if fits else widths)[:-1]]  # post-ReLU, [R, H_k]
+        acts = [xs[0].new_empty(rows, w) for w in (padded or widths)[:-1]]  # post-ReLU, [R, H_k]
         if norm is not None:
             pre_norm = xs[0].new_empty(rows, widths[-1])
             mean, rstd = xs[0].new_empty(rows, 1), xs[0].new_empty(rows, 1)
-    if fits:
-        ws, b0, layers, gathered = _pad_hidden(ws, b0, layers, gathered, padded)
-        outputs = cpu_kernel.mlp_forward(
-            xs, ws, b0, layers, None if norm is None else (*norm, layout.eps),
-            None if gathered is None else (*gathered, index), layout.residual, receivers, num_nodes,
-            (acts, pre_norm, mean, rstd) if save else None,
-        )
-        return outputs, (acts, pre_norm, mean, rstd) if save else None
+    if padded is not None:
+        saved = (acts, pre_norm, mean, rstd) if save else None
+        run, out, incoming = _kernel_pass(layout, num_nodes, index, receivers, tensors, padded, saved)
+        cpu_kernel.run_forward([run])
+        return (out, incoming), saved
     out = xs[0].new_empty(rows, widths[-1])
     tile = _tile_rows(widths)
     w_ts = [w.T.contiguous() for w in ws]  # [F_k, H]: the GEMMs run faster on row-major right operands
@@ -426,3 +450,42 @@ class GraphNetBlock(nn.Module):
             weights = self.node_mlp.first.weight.split([x.shape[1] for x in inputs], dim=1)
             return fused_mlp(self.node_mlp, inputs, weights, residual=True)[0], new_edges
         return nodes + self.node_mlp(torch.cat(inputs, dim=-1)), new_edges
+
+
+def run_blocks(
+    blocks: Sequence[GraphNetBlock], nodes: Tensor, edges: dict[str, Tensor], topology: Topology
+) -> tuple[Tensor, dict[str, Tensor]] | None:
+    """Run fused ``GraphNetBlock``s without autograd in one call of the fused CPU kernel: every MLP a pass of
+    it, with no return to Python between them. Returns the latents after the last block (the first block writes
+    new ones, the later ones update those in place), or None where the kernel cannot run these blocks (autograd
+    on, a block not fused, widths it does not take): then run them one by one, to the same floats."""
+    if torch.is_grad_enabled() or not _tile_by_tile(nodes) or not all(block.fused for block in blocks):
+        return None
+    passes, sums, num_nodes = [], {}, nodes.shape[0]
+
+    def add(mlp, inputs, weights, gather=None, receivers=None, into=None, incoming=None):
+        layout, tensors, index = _mlp_layout(mlp, inputs, weights, gather, True, receivers is not None)
+        padded = _kernel_fit(layout, tensors, num_nodes)
+        if padded is None:
+            return None
+        run, out, incoming = _kernel_pass(layout, num_nodes, index, receivers, tensors, padded, None, into, incoming)
+        passes.append(run)
+        return out, incoming
+
+    for i, block in enumerate(blocks):
+        inputs, updated = [nodes], {}
+        for name, mlp in block.edge_mlps.items():
+            senders, receivers = topology[name]
+            gather, w_edge = split_edge_mlp(mlp, nodes, senders, receivers)
+            outputs = add(mlp, [edges[name]], [w_edge], gather, receivers, edges[name] if i else None, sums.get(name))
+            if outputs is None:
+                return None
+            updated[name], sums[name] = outputs  # each edge set's sum: one buffer, rewritten block after block
+            inputs.append(sums[name])
+        weights = block.node_mlp.first.weight.split([x.shape[1] for x in inputs], dim=1)
+        outputs = add(block.node_mlp, inputs, weights, into=nodes if i else None)
+        if outputs is None:
+            return None
+        nodes, edges = outputs[0], updated
+    cpu_kernel.run_forward(passes)
+    return nodes, edges

@@ -1,8 +1,10 @@
 """The fused CPU MLP kernel (``fused_mlp.c``): built on first use with the system's C compiler, called by ctypes.
 
-One call runs a whole MeshGraphNets MLP over all rows, blocks of 12 rows at a time with every activation in
-L1: the split first Linear with its gathered node projections (computed in the same call), ReLUs, later
-Linears, LayerNorm, residual and the sum into receivers; a second call runs its backward pass. On the bench
+A forward pass runs a whole MeshGraphNets MLP over all rows, blocks of 12 rows at a time with every activation
+in L1: the split first Linear with its gathered node projections (computed in the same pass), ReLUs, later
+Linears, LayerNorm, residual and the sum into receivers. One call runs one pass (``TiledMLP``) or a sequence of
+them (``run_blocks``: a processor's blocks without autograd, no return to Python in between); a backward call
+runs one pass's backward. On the bench
 graph, on one core, an edge MLP's forward does its products' FLOPs (counted as ordinary products: Strassen's
 skip 1/8 of them) at 90 % of the core's float32 FMA peak, against ~60 % for the tiled PyTorch path in
 ``gnnsim.nn.blocks`` (``docs/benchmarks.md``).
@@ -39,10 +41,21 @@ SOURCE = Path(__file__).with_name("fused_mlp.c")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11")
 THREAD_BUFFERS = 1 << 28  # bytes: per-thread sums into receivers (forward), into projections (backward)
 _P, _I64, _I32, _F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_float
-_FORWARD = [  # gnnsim_mlp_forward's arguments, as grouped in fused_mlp.c
-    _I64, _P, _I32, _P, _P, _P, _P, _P, _I32, _P, _I64, _I64, _P, _P, _P, _I32, _P, _P, _P, _P, _F32, _P, _P, _P,
-    _P, _I64, _I32, _P, _P, _P, _P,
-]
+
+
+class Forward(ctypes.Structure):
+    """One MLP's forward pass as ``gnnsim_mlp_forward`` reads it (``Forward`` in fused_mlp.c; ``forward_pass``
+    makes one, ``keep`` holds what its pointers point into)."""
+
+    _fields_ = [
+        ("rows", _I64), ("widths", _P), ("num_inputs", _I32), ("inputs", _P), ("in_widths", _P),
+        ("first_weights", _P), ("first_ld", _P), ("first_bias", _P), ("gather_count", _I32), ("nodes", _P),
+        ("num_gather", _I64), ("node_width", _I64), ("gather_weights", _P), ("gather_ld", _P), ("gather_index", _P),
+        ("num_layers", _I32), ("weights", _P), ("biases", _P), ("norm_weight", _P), ("norm_bias", _P),
+        ("eps", _F32), ("residual", _P), ("out", _P), ("receivers", _P), ("incoming", _P), ("num_nodes", _I64),
+        ("acts", _P), ("pre_norm", _P), ("mean", _P), ("rstd", _P),
+    ]
+
 _BACKWARD = [  # gnnsim_mlp_backward's
     _I64, _P, _I32, _P, _P, _P, _P, _I32, _P, _P, _I64, _I32, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I32, _P,
     _P, _P, _P, _P, _P, _I32,
@@ -87,7 +100,7 @@ def library() -> ctypes.CDLL | None:
         return None
     finally:
         tmp.unlink(missing_ok=True)
-    lib.gnnsim_mlp_forward.argtypes = _FORWARD
+    lib.gnnsim_mlp_forward.argtypes = [_I32, ctypes.POINTER(Forward), _I32]
     lib.gnnsim_mlp_backward.argtypes = _BACKWARD
     lib.gnnsim_mlp_forward.restype = lib.gnnsim_mlp_backward.restype = ctypes.c_int
     return lib
@@ -161,7 +174,7 @@ def _rows(w: Tensor) -> Tensor:
     return w if w.stride(1) == 1 else w.contiguous()
 
 
-def mlp_forward(
+def forward_pass(
     inputs: Sequence[Tensor],
     first_weights: Sequence[Tensor],
     first_bias: Tensor | None,
@@ -172,40 +185,55 @@ def mlp_forward(
     receivers: Tensor | None = None,
     num_nodes: int = 0,
     saved: tuple[list[Tensor], Tensor | None, Tensor | None, Tensor | None] | None = None,
-) -> tuple[Tensor, Tensor | None]:
-    """Run the MLP ``fused_mlp`` describes with the kernel; return ``(out, incoming or None)``.
+    into: Tensor | None = None,
+    incoming: Tensor | None = None,
+) -> tuple[Forward, Tensor, Tensor | None]:
+    """Describe the MLP ``fused_mlp`` describes as one kernel pass; return ``(pass, out, incoming or None)``,
+    the outputs to be written when ``run_forward`` runs the pass.
 
     ``first_weights`` are the first Linear's [H, K_i] column blocks, ``layers`` the later (weight, bias)s,
     ``norm`` (weight, bias, eps) or None, ``gather`` the ``(nodes, weights, index)`` whose projections
     ``nodes @ weights[j].T`` the first Linear adds at rows ``index[j]``. With ``saved = (acts, pre_norm, mean,
     rstd)`` (preallocated, as ``TiledMLP`` keeps them), the post-ReLU activations and the LayerNorm's input and
-    statistics are written too. The kernel checks each index before it reads or writes there (IndexError).
+    statistics are written too. ``into`` and ``incoming``, where given, are the (contiguous) tensors ``out`` and
+    the sum go into (``into`` may be the first input: each block of rows is read before it is written); fresh
+    ones otherwise. The kernel checks each index before it reads or writes there (IndexError).
     """
-    lib = library()
     rows, widths = inputs[0].shape[0], linear_widths(first_weights, layers)
     width = widths[-1]
     xs = [x.contiguous() for x in inputs]
     ws = [_rows(w) for w in first_weights]
     layer_ws, layer_bs = [w.contiguous() for w, _ in layers], [b.contiguous() for _, b in layers]
     nodes, gather_ws, index = _gather_args(gather)
-    incoming = None
     if receivers is not None:
         receivers = receivers.contiguous()
-        incoming = xs[0].new_empty(num_nodes, width)
-    out = xs[0].new_empty(rows, width)
+        incoming = xs[0].new_empty(num_nodes, width) if incoming is None else incoming
+    out = xs[0].new_empty(rows, width) if into is None else into
     acts, pre_norm, mean, rstd = saved if saved is not None else ([], None, None, None)
-    norm_args = (None, None, 0.0) if norm is None else (norm[0].data_ptr(), norm[1].data_ptr(), norm[2])
-    status = lib.gnnsim_mlp_forward(
-        rows, _int64s(widths), len(xs), _pointers(xs), _int64s(x.shape[1] for x in xs), _pointers(ws),
-        _int64s(w.stride(0) for w in ws), _ptr(first_bias), len(index), _ptr(nodes),
-        0 if nodes is None else nodes.shape[0], 0 if nodes is None else nodes.shape[1], _pointers(gather_ws),
-        _int64s(w.stride(0) for w in gather_ws), _pointers(index), len(layers), _pointers(layer_ws),
-        _pointers(layer_bs), *norm_args, _ptr(xs[0]) if residual else None, out.data_ptr(), _ptr(receivers),
-        _ptr(incoming), num_nodes, torch.get_num_threads(), _pointers(acts) if saved is not None else None,
-        _ptr(pre_norm), _ptr(mean), _ptr(rstd),
+    arrays = [
+        _int64s(widths), _pointers(xs), _int64s(x.shape[1] for x in xs), _pointers(ws),
+        _int64s(w.stride(0) for w in ws),
+        _pointers(gather_ws), _int64s(w.stride(0) for w in gather_ws), _pointers(index), _pointers(layer_ws),
+        _pointers(layer_bs), _pointers(acts) if saved is not None else None,
+    ]
+    widths_a, xs_a, in_widths_a, ws_a, ld_a, gws_a, gld_a, index_a, lws_a, lbs_a, acts_a = (
+        None if a is None else ctypes.addressof(a) for a in arrays
     )
+    norm_args = (None, None, 0.0) if norm is None else (norm[0].data_ptr(), norm[1].data_ptr(), norm[2])
+    args = Forward(
+        rows, widths_a, len(xs), xs_a, in_widths_a, ws_a, ld_a, _ptr(first_bias), len(index), _ptr(nodes),
+        0 if nodes is None else nodes.shape[0], 0 if nodes is None else nodes.shape[1], gws_a, gld_a, index_a,
+        len(layers), lws_a, lbs_a, *norm_args, _ptr(xs[0]) if residual else None, out.data_ptr(), _ptr(receivers),
+        _ptr(incoming), num_nodes, acts_a, _ptr(pre_norm), _ptr(mean), _ptr(rstd),
+    )
+    args.keep = (arrays, xs, ws, first_bias, layer_ws, layer_bs, norm, nodes, gather_ws, index, receivers)
+    return args, out, incoming
+
+
+def run_forward(passes: Sequence[Forward]) -> None:
+    """Run kernel passes in turn, in one call (one team of threads; a pass may read what earlier ones wrote)."""
+    status = library().gnnsim_mlp_forward(len(passes), (Forward * len(passes))(*passes), torch.get_num_threads())
     _check(status, "forward")
-    return out, incoming
 
 
 def _gather_args(gather):
@@ -230,7 +258,7 @@ def mlp_backward(
     receivers: Tensor | None = None,
     grad_incoming: Tensor | None = None,
 ) -> tuple[list, list[Tensor], Tensor | None, list[tuple[Tensor, Tensor]], tuple | None, Tensor | None]:
-    """The backward pass of ``mlp_forward`` from what it saved; return the gradients of the inputs (None where
+    """The backward pass of a ``forward_pass`` from what it saved; return the gradients of the inputs (None where
     ``needs_inputs`` is False), of the first Linear's column blocks and bias, of the later (weight, bias)s, of the
     LayerNorm's (weight, bias) and of the gathered projections ([M, J, H], with ``gather``)."""
     lib = library()

@@ -1,7 +1,7 @@
 // A MeshGraphNets MLP in one pass over rows, forward and backward, float32, AVX-512: the split first Linear
 // (with optional gathered node projections: an edge's W_s x_s + W_r x_r, each node projected once), ReLUs, later
-// Linears, optional LayerNorm, residual, and the sum of the output into receivers. Built and called by
-// gnnsim/nn/cpu_kernel.py.
+// Linears, optional LayerNorm, residual, and the sum of the output into receivers; a forward call runs a sequence
+// of such passes (Forward) with one team of threads. Built and called by gnnsim/nn/cpu_kernel.py.
 //
 // Forward: rows go in blocks of RB = 12. Each Linear runs as H / 32 panels of 32 output columns: the 12 x 32
 // panel's 24 accumulators stay in registers while the inner loop broadcasts one input value per row and
@@ -338,189 +338,250 @@ static int64_t check_widths(const int64_t *widths, int32_t num_layers) {
     return most;
 }
 
-// Returns 0; 1 when the arguments are out of the kernel's range; 2 out of memory; 3 an index out of range.
-int gnnsim_mlp_forward(
-    int64_t rows, const int64_t *widths,                            // R; each Linear's output width H_l (% 32)
-    int32_t num_inputs, const float *const *inputs, const int64_t *in_widths,  // inputs[i]: [R, K_i]
-    const float *const *first_weights, const int64_t *first_ld,     // [H_0, K_i] each, rows first_ld[i] apart
-    const float *first_bias,                                        // [H_0] or NULL
-    int32_t gather_count, const float *nodes, int64_t num_gather, int64_t node_width,  // J; nodes [M, F]
-    const float *const *gather_weights, const int64_t *gather_ld,   // [H_0, F] each
-    const int64_t *const *gather_index,                             // [R] each: add nodes[index] @ weight^T
-    int32_t num_layers, const float *const *weights, const float *const *biases,  // later: [H_l, H_l-1], [H_l]
-    const float *norm_weight, const float *norm_bias, float eps,    // LayerNorm, or NULL weight: none
-    const float *residual,                                          // [R, H] added to the output, or NULL
-    float *out,                                                     // [R, H]
-    const int64_t *receivers, float *incoming, int64_t num_nodes,   // sum into incoming [N, H] (NULL: no sum)
-    int32_t threads,
-    float *const *acts, float *pre_norm, float *mean, float *rstd)  // saved for a backward pass, or NULL
-{
-    const int64_t wmax = num_layers >= 0 ? check_widths(widths, num_layers) : 0;
-    if (!wmax || num_inputs < 1 || num_inputs > 8 || gather_count < 0 || gather_count > 8 || threads < 1) return 1;
-    // H: the output width (LayerNorm, residual, sums into receivers); h0: the first Linear's
-    const int64_t h = widths[num_layers], h0 = widths[0], blocks = (rows + RB - 1) / RB, jh = gather_count * h0;
-    // each weight transposed, [K, N]: the panels read one row of 32 output columns per input column; with the
-    // Strassen combinations (7 / 4 K N) of those that take them. The gathered nodes' projections are one
-    // matrix, [J H_0, F]: the table [M, J, H_0] holds nodes @ its transpose.
-    const int32_t matrices = num_inputs + num_layers + (gather_count > 0);
-    Matrix mat[matrices];
-    int64_t floats = gather_count ? num_gather * jh : 0, tiles = 0;
-    for (int32_t m = 0; m < matrices; m++) {
-        Matrix *x = &mat[m];
-        if (m < num_inputs) {
-            *x = (Matrix){.src = {first_weights[m]}, .ld = {first_ld[m]}, .bh = h0, .k = in_widths[m], .n = h0};
-        } else if (m < num_inputs + num_layers) {
-            const int64_t l = m - num_inputs, k = widths[l], n = widths[l + 1];
-            *x = (Matrix){.src = {weights[l]}, .ld = {k}, .bh = n, .k = k, .n = n};
+// One MLP's forward pass: its arguments
+typedef struct {
+    int64_t rows;
+    const int64_t *widths;                                          // R; each Linear's output width H_l (% 32)
+    int32_t num_inputs;
+    const float *const *inputs;                                     // [R, K_i] each
+    const int64_t *in_widths;                                       // K_i
+    const float *const *first_weights;                              // [H_0, K_i] each, rows first_ld[i] apart
+    const int64_t *first_ld;
+    const float *first_bias;                                        // [H_0] or NULL
+    int32_t gather_count;                                           // J gathered projections, or 0
+    const float *nodes;                                             // [M, F]
+    int64_t num_gather, node_width;                                 // M, F
+    const float *const *gather_weights;                             // [H_0, F] each, rows gather_ld[j] apart
+    const int64_t *gather_ld;
+    const int64_t *const *gather_index;                             // [R] each: add nodes[index] @ weight^T
+    int32_t num_layers;
+    const float *const *weights, *const *biases;                    // later Linears: [H_l, H_l-1], [H_l]
+    const float *norm_weight, *norm_bias;                           // LayerNorm, or NULL weight: none
+    float eps;
+    const float *residual;                                          // [R, H] added to the output, or NULL
+    float *out;                                                     // [R, H]
+    const int64_t *receivers;                                       // [R]: sum each output row into incoming
+    float *incoming;                                                // [N, H], or NULL: no sum
+    int64_t num_nodes;                                              // N
+    float *const *acts;                                             // saved for a backward pass, or NULL:
+    float *pre_norm, *mean, *rstd;                                  // post-ReLU [R, H_l], LayerNorm in, stats
+} Forward;
+
+#define MAX_MATRICES (8 + 16 + 1)  // inputs, later Linears, gathered projections
+
+// What a forward pass works on: each weight's packed form (the panels read one row of 32 output columns per
+// input column; Strassen's products its combinations), the gathered projections as one matrix [J H_0, F]
+// whose products with the nodes fill the table [M, J, H_0], and the other threads' sums into receivers.
+typedef struct {
+    Matrix mat[MAX_MATRICES];
+    int32_t matrices;
+    int64_t first_tile[MAX_MATRICES + 1];  // the packing's work items: 16 x 16 tiles, first_tile[m] of matrix m on
+    int64_t tiles, h, h0, jh, wmax, floats, inc_size;  // h: the output width; h0: the first Linear's
+    float *table, *sums;
+} Plan;
+
+// Fill p for a, its scratch laid out from wt (NULL: sizes only); returns 0, or 1 when the arguments are out of
+// the kernel's range.
+static int plan_forward(const Forward *a, Plan *p, float *wt) {
+    p->wmax = a->num_layers >= 0 && a->num_layers <= 16 ? check_widths(a->widths, a->num_layers) : 0;
+    if (!p->wmax || a->num_inputs < 1 || a->num_inputs > 8 || a->gather_count < 0 || a->gather_count > 8) return 1;
+    p->h = a->widths[a->num_layers];
+    p->h0 = a->widths[0];
+    p->jh = a->gather_count * p->h0;
+    p->matrices = a->num_inputs + a->num_layers + (a->gather_count > 0);
+    int64_t at = a->gather_count ? a->num_gather * p->jh : 0;  // floats into the scratch: the table first
+    p->table = wt;
+    p->tiles = 0;
+    for (int32_t m = 0; m < p->matrices; m++) {
+        Matrix *x = &p->mat[m];
+        if (m < a->num_inputs) {
+            *x = (Matrix){.src = {a->first_weights[m]}, .ld = {a->first_ld[m]}, .bh = p->h0, .k = a->in_widths[m],
+                          .n = p->h0};
+        } else if (m < a->num_inputs + a->num_layers) {
+            const int64_t l = m - a->num_inputs, k = a->widths[l], n = a->widths[l + 1];
+            *x = (Matrix){.src = {a->weights[l]}, .ld = {k}, .bh = n, .k = k, .n = n};
         } else {
-            *x = (Matrix){.bh = h0, .k = node_width, .n = jh};
-            for (int32_t j = 0; j < gather_count; j++) {
-                x->src[j] = gather_weights[j];
-                x->ld[j] = gather_ld[j];
+            *x = (Matrix){.bh = p->h0, .k = a->node_width, .n = p->jh};
+            for (int32_t j = 0; j < a->gather_count; j++) {
+                x->src[j] = a->gather_weights[j];
+                x->ld[j] = a->gather_ld[j];
             }
         }
-        floats += strassen_fits(x->k, x->n) ? 7 * x->k / 2 * x->n / 2 : x->k * x->n;
-    }
-    const int64_t inc_size = incoming ? num_nodes * h : 0;
-    float *wt = scratch(sizeof(float) * (floats + (threads - 1) * inc_size));  // + other threads' sums
-    if (!wt) return 2;
-    float *table = wt, *next = gather_count ? wt + num_gather * jh : wt;
-    int64_t first_tile[matrices + 1];  // the packing's work items: 16 x 16 tiles, first_tile[m] of matrix m on
-    for (int32_t m = 0; m < matrices; m++) {
-        Matrix *x = &mat[m];
         const int strassen = strassen_fits(x->k, x->n);
-        x->t = strassen ? NULL : next;
-        x->c = strassen ? next : NULL;
-        next += strassen ? 7 * x->k / 2 * x->n / 2 : x->k * x->n;
-        first_tile[m] = tiles;
-        tiles += pack_tiles(x);
+        x->t = wt && !strassen ? wt + at : NULL;
+        x->c = wt && strassen ? wt + at : NULL;
+        at += strassen ? 7 * x->k / 2 * x->n / 2 : x->k * x->n;
+        p->first_tile[m] = p->tiles;
+        p->tiles += pack_tiles(x);
     }
-    first_tile[matrices] = tiles;
-    const Matrix *gathered = gather_count ? &mat[matrices - 1] : NULL;
-    int bad = 0;
-#pragma omp parallel num_threads(threads)
-    {
+    p->first_tile[p->matrices] = p->tiles;
+    p->sums = wt ? wt + at : NULL;
+    p->inc_size = a->incoming ? a->num_nodes * p->h : 0;
+    p->floats = at;
+    return 0;
+}
+
+// One forward pass, run by every thread of the calling team (its loops are the team's work-sharing loops)
+static void forward_team(const Forward *a, const Plan *p, int *bad) {
+    const int64_t rows = a->rows, h = p->h, h0 = p->h0, jh = p->jh, wmax = p->wmax;
+    const int64_t blocks = (rows + RB - 1) / RB, tiles = p->tiles, *first_tile = p->first_tile;
+    const int32_t num_inputs = a->num_inputs, gather_count = a->gather_count, num_layers = a->num_layers;
+    const float *const *inputs = a->inputs, *first_bias = a->first_bias, *nodes = a->nodes;
+    const int64_t *in_widths = a->in_widths, num_gather = a->num_gather, node_width = a->node_width;
+    const int64_t *const *gather_index = a->gather_index, *receivers = a->receivers, num_nodes = a->num_nodes;
+    const float *const *biases = a->biases, *norm_weight = a->norm_weight, *norm_bias = a->norm_bias;
+    const float *residual = a->residual, eps = a->eps;
+    float *out = a->out, *incoming = a->incoming, *const *acts = a->acts, *pre_norm = a->pre_norm;
+    float *mean = a->mean, *rstd = a->rstd, *table = p->table, *next = p->sums;
+    const int64_t inc_size = p->inc_size;
+    const Matrix *mat = p->mat, *gathered = gather_count ? &mat[p->matrices - 1] : NULL;
 #pragma omp for schedule(static)
-        for (int64_t item = 0; item < tiles; item++) {
-            int32_t m = 0;
-            while (item >= first_tile[m + 1]) m++;
-            pack_tile(&mat[m], item - first_tile[m]);
-        }
-        const float *a_rows[RB];
-        Ahead ahead;
-        if (gathered) {  // the table: each node's J projections
-            float zeros[jh], proj[RB * jh];
-            memset(zeros, 0, sizeof(zeros));
+    for (int64_t item = 0; item < tiles; item++) {
+        int32_t m = 0;
+        while (item >= first_tile[m + 1]) m++;
+        pack_tile(&mat[m], item - first_tile[m]);
+    }
+    const float *a_rows[RB];
+    Ahead ahead;
+    if (gathered) {  // the table: each node's J projections
+        float zeros[jh], proj[RB * jh];
+        memset(zeros, 0, sizeof(zeros));
 #pragma omp for schedule(static)
-            for (int64_t blk = 0; blk < (num_gather + RB - 1) / RB; blk++) {
-                const int64_t r0 = blk * RB, nr = num_gather - r0 < RB ? num_gather - r0 : RB;
-                for (int r = 0; r < RB; r++) a_rows[r] = nodes + (r0 + (r < nr ? r : nr - 1)) * node_width;
-                ahead.n = ahead.next = 0;
-                const int64_t coming = num_gather - r0 - RB < RB ? num_gather - r0 - RB : RB;
-                ahead_rows(&ahead, nodes, r0 + RB, coming, node_width, 0);
-                block_linear(proj, jh, a_rows, node_width, gathered->t, gathered->c, zeros, 0, &ahead);
-                memcpy(table + r0 * jh, proj, sizeof(float) * nr * jh);
-            }
+        for (int64_t blk = 0; blk < (num_gather + RB - 1) / RB; blk++) {
+            const int64_t r0 = blk * RB, nr = num_gather - r0 < RB ? num_gather - r0 : RB;
+            for (int r = 0; r < RB; r++) a_rows[r] = nodes + (r0 + (r < nr ? r : nr - 1)) * node_width;
+            ahead.n = ahead.next = 0;
+            const int64_t coming = num_gather - r0 - RB < RB ? num_gather - r0 - RB : RB;
+            ahead_rows(&ahead, nodes, r0 + RB, coming, node_width, 0);
+            block_linear(proj, jh, a_rows, node_width, gathered->t, gathered->c, zeros, 0, &ahead);
+            memcpy(table + r0 * jh, proj, sizeof(float) * nr * jh);
         }
-        float buf[2][RB * wmax];
-        const int t = omp_get_thread_num();
-        float *inc = !incoming ? NULL : t == 0 ? incoming : next + (t - 1) * inc_size;
-        if (inc) memset(inc, 0, sizeof(float) * num_nodes * h);
+    }
+    float buf[2][RB * wmax];
+    const int t = omp_get_thread_num();
+    float *inc = !incoming ? NULL : t == 0 ? incoming : next + (t - 1) * inc_size;
+    if (inc) memset(inc, 0, sizeof(float) * num_nodes * h);
 #pragma omp for schedule(static) nowait
-        for (int64_t blk = 0; blk < blocks; blk++) {
-            const int64_t r0 = blk * RB, nr = rows - r0 < RB ? rows - r0 : RB;
-            int ok = 1;  // the kernel reads and writes only where the indices say: check them first
-            for (int64_t row = r0; row < r0 + nr; row++) {
-                for (int32_t j = 0; j < gather_count; j++)
-                    ok &= gather_index[j][row] >= 0 && gather_index[j][row] < num_gather;
-                if (inc) ok &= receivers[row] >= 0 && receivers[row] < num_nodes;
-            }
-            if (!ok) {
+    for (int64_t blk = 0; blk < blocks; blk++) {
+        const int64_t r0 = blk * RB, nr = rows - r0 < RB ? rows - r0 : RB;
+        int ok = 1;  // the kernel reads and writes only where the indices say: check them first
+        for (int64_t row = r0; row < r0 + nr; row++) {
+            for (int32_t j = 0; j < gather_count; j++)
+                ok &= gather_index[j][row] >= 0 && gather_index[j][row] < num_gather;
+            if (inc) ok &= receivers[row] >= 0 && receivers[row] < num_nodes;
+        }
+        if (!ok) {
 #pragma omp atomic write
-                bad = 1;
-                continue;
-            }
-            ahead.n = ahead.next = 0;  // the next block's lines
-            const int64_t n0 = r0 + RB, nn = rows - n0 < RB ? rows - n0 : RB;
-            for (int32_t i = 0; i < num_inputs; i++) ahead_rows(&ahead, inputs[i], n0, nn, in_widths[i], 0);
-            for (int64_t row = n0; row < n0 + nn; row++) {
-                for (int32_t j = 0; j < gather_count; j++)
-                    if (gather_index[j][row] >= 0 && gather_index[j][row] < num_gather)
-                        ahead_rows(&ahead, table, gather_index[j][row] * gather_count + j, 1, h0, 0);
-                if (inc && receivers[row] >= 0 && receivers[row] < num_nodes)
-                    ahead_rows(&ahead, inc, receivers[row], 1, h, 1);
-            }
-            if (residual && residual != inputs[0]) ahead_rows(&ahead, residual, n0, nn, h, 0);
-            ahead_rows(&ahead, out, n0, nn, h, 1);
-            // first Linear: bias and gathered projections, plus the inputs' products
-            const int init = gather_count || !first_bias;
-            if (init) block_init(buf[0], h0, first_bias, table, gather_index, gather_count, r0, nr);
-            for (int32_t i = 0; i < num_inputs; i++) {
-                for (int r = 0; r < RB; r++) a_rows[r] = inputs[i] + (r0 + (r < nr ? r : nr - 1)) * in_widths[i];
-                block_linear(buf[0], h0, a_rows, in_widths[i], mat[i].t, mat[i].c, i == 0 && !init ? first_bias : NULL,
-                             i == num_inputs - 1 && num_layers > 0, &ahead);
-            }
-            // later Linears, ping-ponging between the two buffers (rows H_l-1 and H_l apart)
-            int cur = 0;
-            for (int32_t l = 0; l < num_layers; l++) {
-                const Matrix *x = &mat[num_inputs + l];
-                if (acts) save(acts[l] + r0 * x->k, buf[cur], nr * x->k);
-                for (int r = 0; r < RB; r++) a_rows[r] = buf[cur] + r * x->k;
-                block_linear(buf[1 - cur], x->n, a_rows, x->k, x->t, x->c, biases[l], l < num_layers - 1, &ahead);
-                cur = 1 - cur;
-            }
-            // LayerNorm (biased variance, as torch), residual, sum into receivers
-            for (int64_t r = 0; r < nr; r++) {
-                float *y = buf[cur] + r * h;
-                const int64_t row = r0 + r;
-                if (pre_norm) save(pre_norm + row * h, y, h);
-                if (norm_weight) {
-                    __m512 s = _mm512_setzero_ps();
-                    for (int64_t c = 0; c < h; c += 16) s = _mm512_add_ps(s, _mm512_loadu_ps(y + c));
-                    const float mu = _mm512_reduce_add_ps(s) / (float)h;
-                    const __m512 m = _mm512_set1_ps(mu);
-                    __m512 v = _mm512_setzero_ps();
-                    for (int64_t c = 0; c < h; c += 16) {
-                        __m512 d = _mm512_sub_ps(_mm512_loadu_ps(y + c), m);
-                        v = _mm512_fmadd_ps(d, d, v);
-                    }
-                    const float rs = 1.0f / sqrtf(_mm512_reduce_add_ps(v) / (float)h + eps);
-                    if (mean) {
-                        mean[row] = mu;
-                        rstd[row] = rs;
-                    }
-                    const __m512 s_rs = _mm512_set1_ps(rs);
-                    for (int64_t c = 0; c < h; c += 16) {
-                        __m512 n = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(y + c), m), s_rs);
-                        _mm512_storeu_ps(y + c, _mm512_fmadd_ps(n, _mm512_loadu_ps(norm_weight + c),
-                                                                _mm512_loadu_ps(norm_bias + c)));
-                    }
-                }
-                float *o = out + row * h;
-                const float *res = residual ? residual + row * h : NULL;
-                float *dst = inc ? inc + receivers[row] * h : NULL;
+            *bad = 1;
+            continue;
+        }
+        ahead.n = ahead.next = 0;  // the next block's lines
+        const int64_t n0 = r0 + RB, nn = rows - n0 < RB ? rows - n0 : RB;
+        for (int32_t i = 0; i < num_inputs; i++) ahead_rows(&ahead, inputs[i], n0, nn, in_widths[i], 0);
+        for (int64_t row = n0; row < n0 + nn; row++) {
+            for (int32_t j = 0; j < gather_count; j++)
+                if (gather_index[j][row] >= 0 && gather_index[j][row] < num_gather)
+                    ahead_rows(&ahead, table, gather_index[j][row] * gather_count + j, 1, h0, 0);
+            if (inc && receivers[row] >= 0 && receivers[row] < num_nodes)
+                ahead_rows(&ahead, inc, receivers[row], 1, h, 1);
+        }
+        if (residual && residual != inputs[0]) ahead_rows(&ahead, residual, n0, nn, h, 0);
+        ahead_rows(&ahead, out, n0, nn, h, 1);
+        // first Linear: bias and gathered projections, plus the inputs' products
+        const int init = gather_count || !first_bias;
+        if (init) block_init(buf[0], h0, first_bias, table, gather_index, gather_count, r0, nr);
+        for (int32_t i = 0; i < num_inputs; i++) {
+            for (int r = 0; r < RB; r++) a_rows[r] = inputs[i] + (r0 + (r < nr ? r : nr - 1)) * in_widths[i];
+            block_linear(buf[0], h0, a_rows, in_widths[i], mat[i].t, mat[i].c, i == 0 && !init ? first_bias : NULL,
+                         i == num_inputs - 1 && num_layers > 0, &ahead);
+        }
+        // later Linears, ping-ponging between the two buffers (rows H_l-1 and H_l apart)
+        int cur = 0;
+        for (int32_t l = 0; l < num_layers; l++) {
+            const Matrix *x = &mat[num_inputs + l];
+            if (acts) save(acts[l] + r0 * x->k, buf[cur], nr * x->k);
+            for (int r = 0; r < RB; r++) a_rows[r] = buf[cur] + r * x->k;
+            block_linear(buf[1 - cur], x->n, a_rows, x->k, x->t, x->c, biases[l], l < num_layers - 1, &ahead);
+            cur = 1 - cur;
+        }
+        // LayerNorm (biased variance, as torch), residual, sum into receivers
+        for (int64_t r = 0; r < nr; r++) {
+            float *y = buf[cur] + r * h;
+            const int64_t row = r0 + r;
+            if (pre_norm) save(pre_norm + row * h, y, h);
+            if (norm_weight) {
+                __m512 s = _mm512_setzero_ps();
+                for (int64_t c = 0; c < h; c += 16) s = _mm512_add_ps(s, _mm512_loadu_ps(y + c));
+                const float mu = _mm512_reduce_add_ps(s) / (float)h;
+                const __m512 m = _mm512_set1_ps(mu);
+                __m512 v = _mm512_setzero_ps();
                 for (int64_t c = 0; c < h; c += 16) {
-                    __m512 n = _mm512_loadu_ps(y + c);
-                    _mm512_storeu_ps(o + c, res ? _mm512_add_ps(_mm512_loadu_ps(res + c), n) : n);
-                    if (dst) _mm512_storeu_ps(dst + c, _mm512_add_ps(_mm512_loadu_ps(dst + c), n));
+                    __m512 d = _mm512_sub_ps(_mm512_loadu_ps(y + c), m);
+                    v = _mm512_fmadd_ps(d, d, v);
                 }
+                const float rs = 1.0f / sqrtf(_mm512_reduce_add_ps(v) / (float)h + eps);
+                if (mean) {
+                    mean[row] = mu;
+                    rstd[row] = rs;
+                }
+                const __m512 s_rs = _mm512_set1_ps(rs);
+                for (int64_t c = 0; c < h; c += 16) {
+                    __m512 n = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(y + c), m), s_rs);
+                    _mm512_storeu_ps(y + c, _mm512_fmadd_ps(n, _mm512_loadu_ps(norm_weight + c),
+                                                            _mm512_loadu_ps(norm_bias + c)));
+                }
+            }
+            float *o = out + row * h;
+            const float *res = residual ? residual + row * h : NULL;
+            float *dst = inc ? inc + receivers[row] * h : NULL;
+            for (int64_t c = 0; c < h; c += 16) {
+                __m512 n = _mm512_loadu_ps(y + c);
+                _mm512_storeu_ps(o + c, res ? _mm512_add_ps(_mm512_loadu_ps(res + c), n) : n);
+                if (dst) _mm512_storeu_ps(dst + c, _mm512_add_ps(_mm512_loadu_ps(dst + c), n));
             }
         }
-        _mm_sfence();  // the streamed saves are visible to whichever thread runs the backward pass
-        const int team = omp_get_num_threads();  // OpenMP may give fewer than asked (nested, thread limits)
-        if (incoming && team > 1) {  // add the other threads' sums into the first's
+    }
+    _mm_sfence();  // the streamed saves are visible to whichever thread runs the backward pass
+    const int team = omp_get_num_threads();  // OpenMP may give fewer than asked (nested, thread limits)
+    if (incoming && team > 1) {  // add the other threads' sums into the first's
 #pragma omp barrier
 #pragma omp for schedule(static)
-            for (int64_t row = 0; row < num_nodes; row++)
-                for (int u = 1; u < team; u++)
-                    for (int64_t c = 0; c < h; c += 16) {
-                        float *dst = incoming + row * h + c;
-                        const float *src = next + (u - 1) * inc_size + row * h + c;
-                        _mm512_storeu_ps(dst, _mm512_add_ps(_mm512_loadu_ps(dst), _mm512_loadu_ps(src)));
-                    }
-        }
+        for (int64_t row = 0; row < num_nodes; row++)
+            for (int u = 1; u < team; u++)
+                for (int64_t c = 0; c < h; c += 16) {
+                    float *dst = incoming + row * h + c;
+                    const float *src = next + (u - 1) * inc_size + row * h + c;
+                    _mm512_storeu_ps(dst, _mm512_add_ps(_mm512_loadu_ps(dst), _mm512_loadu_ps(src)));
+                }
     }
-    return bad ? 3 : 0;
+}
+
+// Runs count forward passes in turn (one team of threads: no return to the caller between them; each pass may
+// read the ones before). Returns 0; 1 when the arguments are out of the kernel's range; 2 out of memory; 3 an
+// index out of range.
+int gnnsim_mlp_forward(int32_t count, const Forward *runs, int32_t threads) {
+    if (count < 1 || threads < 1) return 1;
+    Plan *plans = malloc(sizeof(Plan) * count);
+    if (!plans) return 2;
+    int64_t most = 0;  // the passes take turns in one scratch block: the largest's size
+    for (int32_t r = 0; r < count; r++) {
+        if (plan_forward(&runs[r], &plans[r], NULL)) {
+            free(plans);
+            return 1;
+        }
+        const int64_t floats = plans[r].floats + (threads - 1) * plans[r].inc_size;  // + other threads' sums
+        if (floats > most) most = floats;
+    }
+    float *wt = scratch(sizeof(float) * most);
+    for (int32_t r = 0; wt && r < count; r++) plan_forward(&runs[r], &plans[r], wt);
+    int bad = 0;
+#pragma omp parallel num_threads(threads)
+    for (int32_t r = 0; wt && r < count; r++) {
+        forward_team(&runs[r], &plans[r], &bad);
+#pragma omp barrier  // the next pass packs into the same scratch, and may read this one's outputs
+    }
+    free(plans);
+    return !wt ? 2 : bad ? 3 : 0;
 }
 
 #define CH (8 * RB)  // rows per backward chunk: the weight gradients' reduction length per pass

@@ -8,11 +8,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from gnnsim.nn.blocks import GraphNetBlock, Topology
+from gnnsim.nn.blocks import GraphNetBlock, Topology, run_blocks
 
 
 class Processor(nn.Module):
-    """Apply blocks in sequence; every intermediate activation is kept for the backward pass."""
+    """Apply blocks in sequence; every intermediate activation is kept for the backward pass. Without autograd,
+    fused blocks run in one call of the fused CPU kernel where it can (``run_blocks``)."""
 
     def __init__(self, blocks: Sequence[GraphNetBlock]):
         super().__init__()
@@ -20,6 +21,8 @@ class Processor(nn.Module):
 
     def forward(self, nodes: Tensor, edges: dict[str, Tensor], topology: Topology) -> tuple[Tensor, dict[str, Tensor]]:
         """Return the latents after every block."""
+        if (done := run_blocks(self.blocks, nodes, edges, topology)) is not None:
+            return done
         for block in self.blocks:
             nodes, edges = block(nodes, edges, topology)
         return nodes, edges
@@ -30,6 +33,8 @@ class CheckpointedProcessor(Processor):
 
     def forward(self, nodes: Tensor, edges: dict[str, Tensor], topology: Topology) -> tuple[Tensor, dict[str, Tensor]]:
         """Return the latents after every block, checkpointing each block while gradients are needed."""
+        if (done := run_blocks(self.blocks, nodes, edges, topology)) is not None:
+            return done
         for block in self.blocks:
             if torch.is_grad_enabled():
                 nodes, edges = checkpoint(block, nodes, edges, topology, use_reentrant=False)
