@@ -421,10 +421,23 @@ static int plan_forward(const Forward *a, Plan *p, float *wt) {
     return 0;
 }
 
-// One forward pass, run by every thread of the calling team (its loops are the team's work-sharing loops)
-static void forward_team(const Forward *a, const Plan *p, int *bad) {
+// Pack p's weights: a work-sharing loop of the calling team, without the barrier at its end (the caller's next
+// one ends it)
+static void pack_plan(const Plan *p) {
+#pragma omp for schedule(dynamic, 8) nowait
+    for (int64_t item = 0; item < p->tiles; item++) {
+        int32_t m = 0;
+        while (item >= p->first_tile[m + 1]) m++;
+        pack_tile(&p->mat[m], item - p->first_tile[m]);
+    }
+}
+
+// One forward pass (its weights packed), run by every thread of the calling team (its loops are the team's
+// work-sharing loops). A thread done with its rows packs the next pass's weights (where given): the work fills
+// the wait for the other threads.
+static void forward_team(const Forward *a, const Plan *p, const Plan *coming, int *bad) {
     const int64_t rows = a->rows, h = p->h, h0 = p->h0, jh = p->jh, wmax = p->wmax;
-    const int64_t blocks = (rows + RB - 1) / RB, tiles = p->tiles, *first_tile = p->first_tile;
+    const int64_t blocks = (rows + RB - 1) / RB;
     const int32_t num_inputs = a->num_inputs, gather_count = a->gather_count, num_layers = a->num_layers;
     const float *const *inputs = a->inputs, *first_bias = a->first_bias, *nodes = a->nodes;
     const int64_t *in_widths = a->in_widths, num_gather = a->num_gather, node_width = a->node_width;
@@ -435,12 +448,6 @@ static void forward_team(const Forward *a, const Plan *p, int *bad) {
     float *mean = a->mean, *rstd = a->rstd, *table = p->table, *next = p->sums;
     const int64_t inc_size = p->inc_size;
     const Matrix *mat = p->mat, *gathered = gather_count ? &mat[p->matrices - 1] : NULL;
-#pragma omp for schedule(static)
-    for (int64_t item = 0; item < tiles; item++) {
-        int32_t m = 0;
-        while (item >= first_tile[m + 1]) m++;
-        pack_tile(&mat[m], item - first_tile[m]);
-    }
     const float *a_rows[RB];
     Ahead ahead;
     if (gathered) {  // the table: each node's J projections
@@ -541,6 +548,7 @@ static void forward_team(const Forward *a, const Plan *p, int *bad) {
             }
         }
     }
+    if (coming) pack_plan(coming);
     _mm_sfence();  // the streamed saves are visible to whichever thread runs the backward pass
     const int team = omp_get_num_threads();  // OpenMP may give fewer than asked (nested, thread limits)
     if (incoming && team > 1) {  // add the other threads' sums into the first's
@@ -563,7 +571,7 @@ int gnnsim_mlp_forward(int32_t count, const Forward *runs, int32_t threads) {
     if (count < 1 || threads < 1) return 1;
     Plan *plans = malloc(sizeof(Plan) * count);
     if (!plans) return 2;
-    int64_t most = 0;  // the passes take turns in one scratch block: the largest's size
+    int64_t most = 0;  // the passes' scratch blocks take the largest's size
     for (int32_t r = 0; r < count; r++) {
         if (plan_forward(&runs[r], &plans[r], NULL)) {
             free(plans);
@@ -572,13 +580,19 @@ int gnnsim_mlp_forward(int32_t count, const Forward *runs, int32_t threads) {
         const int64_t floats = plans[r].floats + (threads - 1) * plans[r].inc_size;  // + other threads' sums
         if (floats > most) most = floats;
     }
-    float *wt = scratch(sizeof(float) * most);
-    for (int32_t r = 0; wt && r < count; r++) plan_forward(&runs[r], &plans[r], wt);
+    // two of them when there are several passes: a pass packs its successor's weights into the other
+    float *wt = scratch(sizeof(float) * most * (count > 1 ? 2 : 1));
+    for (int32_t r = 0; wt && r < count; r++) plan_forward(&runs[r], &plans[r], wt + r % 2 * most);
     int bad = 0;
+    if (wt)
 #pragma omp parallel num_threads(threads)
-    for (int32_t r = 0; wt && r < count; r++) {
-        forward_team(&runs[r], &plans[r], &bad);
-#pragma omp barrier  // the next pass packs into the same scratch, and may read this one's outputs
+    {
+        pack_plan(&plans[0]);
+#pragma omp barrier
+        for (int32_t r = 0; r < count; r++) {
+            forward_team(&runs[r], &plans[r], r + 1 < count ? &plans[r + 1] : NULL, &bad);
+#pragma omp barrier  // the next pass may read this one's outputs; the one after reuses its scratch
+        }
     }
     free(plans);
     return !wt ? 2 : bad ? 3 : 0;
