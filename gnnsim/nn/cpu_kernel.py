@@ -4,10 +4,9 @@ A forward pass runs a whole MeshGraphNets MLP over all rows, blocks of 12 rows a
 in L1: the split first Linear with its gathered node projections (computed in the same pass), ReLUs, later
 Linears, LayerNorm, residual and the sum into receivers. One call runs one pass (``TiledMLP``) or a sequence of
 them (``run_blocks``: a processor's blocks without autograd, no return to Python in between); a backward call
-runs one pass's backward. On the bench
-graph, on one core, an edge MLP's forward does its products' FLOPs (counted as ordinary products: Strassen's
-skip 1/8 of them) at 90 % of the core's float32 FMA peak, against ~60 % for the tiled PyTorch path in
-``gnnsim.nn.blocks`` (``docs/benchmarks.md``).
+runs one pass's backward. On the bench graph, on one core, an edge MLP's forward does its products' FLOPs
+(counted as ordinary products: Strassen's skip 1/8 of them) at 90 % of the core's float32 FMA peak, against
+~60 % for the tiled PyTorch path in ``gnnsim.nn.blocks`` (``docs/benchmarks.md``).
 
 It is used for float32 on CPUs with AVX-512 (``torch.backends.cpu.get_cpu_capability()``), when the output
 width is a multiple of 32 (hidden widths are padded to one with zero units), outside ``TorchDispatchMode``s (a
