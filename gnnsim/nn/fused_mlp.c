@@ -29,17 +29,17 @@ typedef struct {
 // Cache lines the next block of rows will read or write (its inputs, gathered table rows, outputs, receivers'
 // sums), fetched one per step of this block's inner product loops, so that the block starts on lines in L1.
 // A line to be written carries 1 in its address's low bit.
-#define AHEAD_MAX 1024
+#define AHEAD_MAX 1024  // a forward block's lines (the backward's chunks keep a larger list on the heap)
 typedef struct {
-    uintptr_t line[AHEAD_MAX];
-    int n, next;
+    uintptr_t *line;
+    int64_t n, next, capacity;
 } Ahead;
 
 // rows [first, first + count) of a [., width] matrix (none where count <= 0)
 static void ahead_rows(Ahead *a, const float *matrix, int64_t first, int64_t count, int64_t width, int write) {
     if (count <= 0) return;
     const uintptr_t from = (uintptr_t)(matrix + first * width), to = (uintptr_t)(matrix + (first + count) * width);
-    for (uintptr_t p = from & ~(uintptr_t)63; p < to && a->n < AHEAD_MAX; p += 64)
+    for (uintptr_t p = from & ~(uintptr_t)63; p < to && a->n < a->capacity; p += 64)
         a->line[a->n++] = p | (uintptr_t)write;
 }
 
@@ -85,7 +85,7 @@ static inline __attribute__((always_inline)) void acc_store(const Acc *acc, floa
 // g[r, 0:k] @ w[0:k, :] for r < n; out and init have ``cols`` columns (a multiple of 32), w's rows are ldw
 // apart, and zero_row holds at least max(k, cols) zeros (a ragged block's padding).
 static void rows_product(const float *g, int64_t n, int64_t k, const float *w, int64_t ldw, int64_t cols,
-                         const float *init, float *out, const float *zero_row) {
+                         const float *init, float *out, const float *zero_row, Ahead *ahead) {
     const float *a_rows[RB];
     for (int64_t b = 0; b < n; b += RB) {
         const int m = n - b < RB ? (int)(n - b) : RB;
@@ -97,7 +97,7 @@ static void rows_product(const float *g, int64_t n, int64_t k, const float *w, i
                 acc.v[r][0] = _mm512_loadu_ps(from);
                 acc.v[r][1] = _mm512_loadu_ps(from + 16);
             }
-            acc_gemm(&acc, a_rows, k, w + p * 32, ldw, NULL);
+            acc_gemm(&acc, a_rows, k, w + p * 32, ldw, ahead);
             for (int r = 0; r < m; r++) {
                 _mm512_storeu_ps(out + (b + r) * cols + p * 32, acc.v[r][0]);
                 _mm512_storeu_ps(out + (b + r) * cols + p * 32 + 16, acc.v[r][1]);
@@ -449,7 +449,8 @@ static void forward_team(const Forward *a, const Plan *p, const Plan *coming, in
     const int64_t inc_size = p->inc_size;
     const Matrix *mat = p->mat, *gathered = gather_count ? &mat[p->matrices - 1] : NULL;
     const float *a_rows[RB];
-    Ahead ahead;
+    uintptr_t lines[AHEAD_MAX];
+    Ahead ahead = {.line = lines, .capacity = AHEAD_MAX};
     if (gathered) {  // the table: each node's J projections
         float zeros[jh], proj[RB * jh];
         memset(zeros, 0, sizeof(zeros));
@@ -602,8 +603,9 @@ int gnnsim_mlp_forward(int32_t count, const Forward *runs, int32_t threads) {
 
 // acc[i] += sum_{r < n} g[r, i0 + i] * x[r, 0:32]: the weight gradient's product, read straight from g [n, ldg]
 static inline __attribute__((always_inline)) void acc_gemm_t(Acc *acc, const float *g, int64_t ldg, int64_t n,
-                                                             const float *x, int64_t ldx) {
+                                                             const float *x, int64_t ldx, Ahead *ahead) {
     for (int64_t r = 0; r < n; r++) {
+        ahead_step(ahead);
         __m512 x0 = _mm512_loadu_ps(x + r * ldx), x1 = _mm512_loadu_ps(x + r * ldx + 16);
 #pragma GCC unroll 12
         for (int i = 0; i < RB; i++) {
@@ -617,7 +619,7 @@ static inline __attribute__((always_inline)) void acc_gemm_t(Acc *acc, const flo
 // grad_w[i, :] += sum_{r < n} g[r, i] * x[r, :] for i < h_out (g's rows h_out apart, x's ldx apart, k_in a
 // multiple of 32). The last partial block of i reads its columns from g_pad (pad_tail) and stores only its rows.
 static void weight_grad(float *grad_w, const float *g, int64_t h_out, const float *x, int64_t ldx, int64_t k_in,
-                        int64_t n, const float *g_pad) {
+                        int64_t n, const float *g_pad, Ahead *ahead) {
     for (int64_t i0 = 0; i0 < h_out; i0 += RB) {
         const int m = h_out - i0 < RB ? (int)(h_out - i0) : RB;
         const float *gi = m == RB ? g + i0 : g_pad;  // g_pad: the last columns copied, zero-padded to RB
@@ -628,7 +630,7 @@ static void weight_grad(float *grad_w, const float *g, int64_t h_out, const floa
                 acc.v[i][0] = i < m ? _mm512_loadu_ps(grad_w + (i0 + i) * k_in + p * 32) : _mm512_setzero_ps();
                 acc.v[i][1] = i < m ? _mm512_loadu_ps(grad_w + (i0 + i) * k_in + p * 32 + 16) : _mm512_setzero_ps();
             }
-            acc_gemm_t(&acc, gi, ldg, n, x + p * 32, ldx);
+            acc_gemm_t(&acc, gi, ldg, n, x + p * 32, ldx, ahead);
             for (int i = 0; i < m; i++) {
                 _mm512_storeu_ps(grad_w + (i0 + i) * k_in + p * 32, acc.v[i][0]);
                 _mm512_storeu_ps(grad_w + (i0 + i) * k_in + p * 32 + 16, acc.v[i][1]);
@@ -698,11 +700,25 @@ int gnnsim_mlp_backward(
         float *gws = grad_weights + t * layer_w, *gbs = grad_biases + t * layer_b;
         float *gn = grad_norm ? grad_norm + t * 2 * h : NULL;
         float *gtab = grad_table ? grad_table + t * num_gather * gather_count * h0 : NULL;
-        if (!g || !g2 || !g_pad || !zero_row) failed = 1;
+        int64_t row_floats = 2 * h;  // what one row reads and writes that is not in cache: its lines ahead
+        for (int32_t l = 0; l < num_layers; l++) row_floats += widths[l];
+        for (int32_t i = 0; i < num_inputs; i++) row_floats += 2 * in_widths[i];
+        Ahead ahead = {.capacity = CH * (row_floats / 16 + 2 + 2 * num_inputs + num_layers)};
+        ahead.line = malloc(sizeof(uintptr_t) * ahead.capacity);
+        if (!g || !g2 || !g_pad || !zero_row || !ahead.line) failed = 1;
 #pragma omp for schedule(static)
         for (int64_t chunk = 0; chunk < chunks; chunk++) {
             if (failed) continue;
             const int64_t r0 = chunk * CH, n = rows - r0 < CH ? rows - r0 : CH;
+            ahead.n = ahead.next = 0;  // the next chunk's lines, fetched during this one's products
+            const int64_t n0 = r0 + CH, nn = rows - n0 < CH ? rows - n0 : CH;
+            ahead_rows(&ahead, grad_out, n0, nn, h, 0);
+            if (norm_weight) ahead_rows(&ahead, pre_norm, n0, nn, h, 0);
+            for (int32_t l = num_layers - 1; l >= 0; l--) ahead_rows(&ahead, acts[l], n0, nn, widths[l], 0);
+            for (int32_t i = 0; i < num_inputs; i++) {
+                ahead_rows(&ahead, inputs[i], n0, nn, in_widths[i], 0);
+                if (grad_inputs[i]) ahead_rows(&ahead, grad_inputs[i], n0, nn, in_widths[i], 1);
+            }
             // d loss / d LayerNorm output: the output's gradient plus, scattered, the receivers' sums'
             for (int64_t r = 0; r < n; r++) {
                 const float *go = grad_out + (r0 + r) * h;
@@ -745,9 +761,9 @@ int gnnsim_mlp_backward(
                 w_at -= out_w * in_w;
                 b_at -= out_w;
                 pad_tail(g_pad, g, out_w, n);
-                weight_grad(gws + w_at, g, out_w, act, in_w, in_w, n, g_pad);
+                weight_grad(gws + w_at, g, out_w, act, in_w, in_w, n, g_pad, &ahead);
                 column_sum(gbs + b_at, g, n, out_w);
-                rows_product(g, n, out_w, weights[l], in_w, in_w, NULL, g2, zero_row);
+                rows_product(g, n, out_w, weights[l], in_w, in_w, NULL, g2, zero_row, &ahead);
                 for (int64_t r = 0; r < n; r++)  // ReLU's backward: pass where the activation was positive
                     for (int64_t c = 0; c < in_w; c += 16) {
                         __mmask16 pos = _mm512_cmp_ps_mask(_mm512_loadu_ps(act + r * in_w + c), _mm512_setzero_ps(),
@@ -763,11 +779,12 @@ int gnnsim_mlp_backward(
             float *gw = gw1;
             for (int32_t i = 0; i < num_inputs; i++) {
                 const int64_t k = in_widths[i];
-                weight_grad(gw, g, h0, inputs[i] + r0 * k, k, k, n, g_pad);
+                weight_grad(gw, g, h0, inputs[i] + r0 * k, k, k, n, g_pad, &ahead);
                 gw += h0 * k;
                 if (grad_inputs[i])  // the residual passes the output's gradient to the first input (k == H)
                     rows_product(g, n, h0, first_weights[i], first_ld[i], k,
-                                 i == 0 && residual ? grad_out + r0 * h : NULL, grad_inputs[i] + r0 * k, zero_row);
+                                 i == 0 && residual ? grad_out + r0 * h : NULL, grad_inputs[i] + r0 * k, zero_row,
+                                 &ahead);
             }
             if (gtab)
                 for (int64_t r = 0; r < n; r++)
@@ -782,6 +799,7 @@ int gnnsim_mlp_backward(
         free(g2);
         free(g_pad);
         free(zero_row);
+        free(ahead.line);
     }
     return failed ? 2 : 0;
 }
