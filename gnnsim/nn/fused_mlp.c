@@ -10,7 +10,8 @@
 // The block's activations stay in a 12 x H stack buffer (L1); LayerNorm, residual and scatter read the last one
 // from there; while a block computes, the cache lines of the next block (its inputs, gathered rows, outputs and
 // receivers' sums) are fetched, one per step of the products' inner loops (Ahead). Backward: chunks of CH = 96
-// rows, last layer first; weight gradients are g^T x over the chunk's rows, input gradients g W.
+// rows, last layer first; weight gradients are g^T x over the chunk's rows, input gradients g W; the next
+// chunk's lines are fetched the same way.
 // Threads take contiguous blocks (static schedule: the same sums in the same order every run); each sums into
 // private buffers that are then added up.
 #include <immintrin.h>
