@@ -27,8 +27,9 @@ typedef struct {
     __m512 v[RB][2];
 } Acc;
 
-// Cache lines the next block of rows will read or write (its inputs, gathered table rows, outputs, receivers'
-// sums), fetched one per step of this block's inner product loops, so that the block starts on lines in L1.
+// Cache lines the next block of rows (or the backward's next chunk) will read or write: its inputs, gathered
+// table rows, outputs, receivers' sums, fetched one per step of this block's inner product loops, so that the
+// next block starts on lines in L1.
 // A line to be written carries 1 in its address's low bit.
 #define AHEAD_MAX 1024  // a forward block's lines (the backward's chunks keep a larger list on the heap)
 typedef struct {
@@ -341,8 +342,8 @@ static int64_t check_widths(const int64_t *widths, int32_t num_layers) {
 
 // One MLP's forward pass: its arguments
 typedef struct {
-    int64_t rows;
-    const int64_t *widths;                                          // R; each Linear's output width H_l (% 32)
+    int64_t rows;                                                   // R
+    const int64_t *widths;                                          // each Linear's output width H_l (% 32)
     int32_t num_inputs;
     const float *const *inputs;                                     // [R, K_i] each
     const int64_t *in_widths;                                       // K_i
