@@ -487,5 +487,6 @@ def run_blocks(
         if outputs is None:
             return None
         nodes, edges = outputs[0], updated
-    cpu_kernel.run_forward(passes)
+    if passes:  # no blocks: nothing to run
+        cpu_kernel.run_forward(passes)
     return nodes, edges
