@@ -8,9 +8,9 @@ variants with the same weights:
 - plain: ``fused=False``, the textbook block: ``cat([x_s, x_r, e])`` + Linear, ``cat([v, sum e'])`` + Linear,
   ``index_add_`` for the sum over incoming edges;
 - optimised: ``fused=True``: no concatenation, node latents projected once per node and gathered per edge; on
-  a CPU with AVX-512 each processor MLP runs, forward and backward, as one call of the fused kernel
-  (``gnnsim.nn.cpu_kernel``), elsewhere (or with ``--no-kernel``) tile by tile in PyTorch ops
-  (``gnnsim.nn.blocks.TiledMLP``);
+  a CPU with AVX-512 each processor MLP runs, forward and backward, as one pass of the fused kernel
+  (``gnnsim.nn.cpu_kernel``; an inference step runs all 30 in one call), elsewhere (or with ``--no-kernel``)
+  tile by tile in PyTorch ops (``gnnsim.nn.blocks.TiledMLP``);
 - compiled (``--compile``): the optimised model under ``torch.compile`` (minutes to compile on 2 cores).
 
 A training step is ``sim.loss`` (normalisers, noise, features, model, masked MSE) + backward + Adam step; an
