@@ -71,6 +71,12 @@ def split_edge_mlp(mlp: MLP, nodes: Tensor, senders: Tensor, receivers: Tensor) 
     return Gather(nodes, (w[:, :f], w[:, f : 2 * f]), (senders, receivers)), w[:, 2 * f :]
 
 
+def input_columns(mlp: MLP, inputs: Sequence[Tensor]) -> tuple[Tensor, ...]:
+    """The first Linear's weight split into column blocks [H, F_k], one per input (``fused_mlp``'s ``weights``
+    for inputs that the plain MLP would concatenate)."""
+    return mlp.first.weight.split([x.shape[1] for x in inputs], dim=1)
+
+
 def fused_mlp(
     mlp: MLP,
     inputs: Sequence[Tensor],
@@ -447,8 +453,7 @@ class GraphNetBlock(nn.Module):
                 new_edges[name], incoming = edges[name] + e, sum_incoming(e, receivers, nodes.shape[0])
             inputs.append(incoming)
         if self.fused:
-            weights = self.node_mlp.first.weight.split([x.shape[1] for x in inputs], dim=1)
-            return fused_mlp(self.node_mlp, inputs, weights, residual=True)[0], new_edges
+            return fused_mlp(self.node_mlp, inputs, input_columns(self.node_mlp, inputs), residual=True)[0], new_edges
         return nodes + self.node_mlp(torch.cat(inputs, dim=-1)), new_edges
 
 
@@ -482,8 +487,7 @@ def run_blocks(
                 return None
             updated[name], sums[name] = outputs  # each edge set's sum: one buffer, rewritten block after block
             inputs.append(sums[name])
-        weights = block.node_mlp.first.weight.split([x.shape[1] for x in inputs], dim=1)
-        outputs = add(block.node_mlp, inputs, weights, into=nodes if i else None)
+        outputs = add(block.node_mlp, inputs, input_columns(block.node_mlp, inputs), into=nodes if i else None)
         if outputs is None:
             return None
         nodes, edges = outputs[0], updated

@@ -9,7 +9,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from gnnsim.nn.blocks import Topology, edge_mlp_forward, fused_mlp, sum_incoming
+from gnnsim.nn.blocks import Topology, edge_mlp_forward, fused_mlp, input_columns, sum_incoming
 from gnnsim.nn.mlp import MLP
 
 # Channel halves of the residual stream: "v1", "v2" [N, L/2]; "e1/<set>", "e2/<set>" [E_k, L/2].
@@ -120,7 +120,7 @@ class ReversibleBlock(nn.Module):
             def fn(nodes: Tensor, *edges: Tensor) -> Tensor:
                 inputs = [nodes, *(sum_incoming(e, r, num_nodes) for e, r in zip(edges, receivers))]  # [N, L/2] each
                 if self.fused:  # the first layer split by input: no concatenation
-                    return fused_mlp(mlp, inputs, mlp.first.weight.split([x.shape[1] for x in inputs], dim=1))[0]
+                    return fused_mlp(mlp, inputs, input_columns(mlp, inputs))[0]
                 return mlp(torch.cat(inputs, dim=-1))  # [N, L/2]
 
             return Coupling(target, inputs, fn, tuple(mlp.parameters()))
